@@ -1,0 +1,394 @@
+"""Typed recipes: dataclasses are the schema, YAML only serialises them.
+
+A recipe is a YAML file with the sections ``task``, ``data``, ``model`` and ``train``. ``model`` is
+typed by the task (each task declares its own ``ModelConfig``). Every field carries a docstring (the
+string literal under it), shown by ``mxr0 config show``. Command-line overrides use dotted keys:
+``train.lr=1e-4 model.freeze_encoder=true``. An unknown or mistyped key is an error that lists the
+valid keys; the resolved recipe is written into the run folder as ``recipe.yaml``.
+
+Precision and gradient accumulation live here and only here (``train.mixed_precision``,
+``train.grad_accum``): a launcher that sets something else is an error (see ``mxr0.train.loop``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema; the message names the key and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PhantomConfig:
+    """Arguments of the procedurally drawn phantom dataset (used when ``data.source == 'phantom'``)."""
+
+    n_studies: int = 2000
+    """Number of studies to draw (train/validation/test split 80/10/10)."""
+    image_size: int = 128
+    """Side of the square phantom images in pixels."""
+    seed: int = 0
+    """Seed of the drawing; the same seed gives byte-identical data."""
+
+
+@dataclass
+class DataConfig:
+    """Where the study records come from and which of them a task sees."""
+
+    source: Literal["records", "phantom"] = "phantom"
+    """``phantom``: draw the embedded phantom set into ``path`` if it is not there yet;
+    ``records``: read canonical records (JSONL / Parquet, made by ``mxr0 prepare``) from ``path``."""
+    path: str = "data_cache/phantom"
+    """A records file or a folder holding ``records.jsonl`` / ``records.parquet``."""
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    """Phantom generation arguments (ignored unless ``source == 'phantom'``)."""
+    train_split: str = "train"
+    """Split trained on."""
+    eval_split: str = "validation"
+    """Split evaluated during and after training."""
+    anatomies: list[str] | None = None
+    """Keep only studies of these anatomies (e.g. ``[chest]``); ``null`` keeps all."""
+    views: list[str] | None = None
+    """Keep only images of these view positions (e.g. ``[PA, AP]``); ``null`` keeps all."""
+    max_train_studies: int | None = None
+    """Cap on training studies (first N after filtering), for quick runs."""
+    max_eval_studies: int | None = None
+    """Cap on evaluation studies."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0 = load in the main process)."""
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's settings: optimisation, precision, cadence, checkpoints."""
+
+    output_dir: str = "runs/default"
+    """Run folder: resolved recipe, logs, checkpoints and the exported model go here."""
+    seed: int = 0
+    """Global seed (model init, data order, augmentation)."""
+    batch_size: int = 32
+    """Micro-batch size per process."""
+    grad_accum: int = 1
+    """Gradient accumulation steps: effective batch = batch_size x grad_accum x processes."""
+    max_steps: int = 0
+    """Optimiser steps to train; 0 means ``epochs`` x steps per epoch."""
+    epochs: float = 1.0
+    """Passes over the training set (used when ``max_steps`` is 0)."""
+    optimizer: Literal["adamw"] = "adamw"
+    """Optimiser (AdamW, decoupled weight decay; biases and norms get no decay)."""
+    lr: float = 1e-3
+    """Peak learning rate, reached after warmup."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the cosine schedule."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate shape after warmup."""
+    warmup_steps: int = 0
+    """Linear warmup length in optimiser steps."""
+    weight_decay: float = 0.05
+    """Weight decay at the start of training."""
+    weight_decay_end: float | None = None
+    """Weight decay at the end (cosine schedule from ``weight_decay``); ``null`` keeps it constant."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm; 0 disables clipping."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision; the only place it is set (a launcher that disagrees is an error)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory (for models that support it)."""
+    log_every: int = 10
+    """Log losses, learning rate and throughput every N optimiser steps."""
+    eval_every: int = 0
+    """Evaluate every N optimiser steps; 0 evaluates only at the end."""
+    save_every: int = 0
+    """Write a full checkpoint every N optimiser steps; 0 writes only the final one."""
+    keep_last: int = 2
+    """Checkpoints kept (older ones are deleted after a newer one is complete)."""
+    max_nonfinite: int = 5
+    """Consecutive optimiser steps with a non-finite loss that are skipped before training stops."""
+    trackers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Loggers: ``jsonl`` (metrics.jsonl in the run folder), ``tensorboard``, ``wandb`` (if installed)."""
+    progress: bool = True
+    """Show a tqdm progress bar (loss, learning rate, samples/s) on the main process."""
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    task: str = "classify"
+    """Which task trains: one of ``mxr0.tasks.TASKS`` (``classify``)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Records and their filtering."""
+    model: Any = None
+    """The task's model settings (typed by the task's ``ModelConfig``)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training loop settings."""
+    name: str = ""
+    """A short human-readable name (shown in logs and model cards)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Field docs (attribute docstrings)
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (the string literal that follows it)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+# ----------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with type checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against type ``tp`` (int→float widening only) and build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {_type_name(tp)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are `ConfigError`s."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{path}: unknown key.{hint} Valid keys{' of ' + where if where else ''}: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain data (for YAML)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides and recipe loading
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {text!r}: empty part in the dotted key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
+    return keys, value
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return s.strip().lower() not in ("nan", "inf", "-inf", "infinity", "-infinity")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set dotted overrides into a raw recipe mapping (types are checked when the recipe is built)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return raw
+
+
+def _fix_yaml_floats(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _fix_yaml_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fix_yaml_floats(v) for v in obj]
+    if isinstance(obj, str) and _looks_numeric(obj) and any(c in obj.lower() for c in "e."):
+        return float(obj)
+    return obj
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe {path} not found (recipes live under recipes/, e.g. recipes/tiny/classify.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path}: expected a mapping at the top level")
+    return _fix_yaml_floats(raw)
+
+
+def build_recipe(raw: dict, where: str = "recipe") -> Recipe:
+    """Build a `Recipe` from a raw mapping; ``model`` is typed by the task's ``ModelConfig``."""
+    from mxr0.tasks import get_task_class
+
+    raw = dict(raw)
+    task_name = raw.get("task", Recipe.task)
+    try:
+        task_cls = get_task_class(task_name)
+    except KeyError as e:
+        raise ConfigError(f"{where}: task: {e.args[0]}") from None
+    model_raw = raw.pop("model", None) or {}
+    try:
+        recipe = build(Recipe, raw)
+        recipe.model = _coerce(model_raw, task_cls.ModelConfig, "model")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe, apply dotted overrides, and check everything against the schema."""
+    raw = apply_overrides(load_yaml(path), list(overrides or []))
+    return build_recipe(raw, where=str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+
+
+def write_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Write the resolved recipe atomically (the run folder's ``recipe.yaml``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(dump_recipe(recipe))
+    os.replace(tmp, path)
+
+
+def describe(obj: Any, prefix: str = "") -> list[str]:
+    """``key = value  # doc`` lines for every field of a config tree (``mxr0 config show``)."""
+    lines = []
+    docs = field_docs(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{key}:  # {docs.get(f.name, '')}")
+            lines.extend(describe(value, key + "."))
+        else:
+            lines.append(f"{key} = {value!r}  # {docs.get(f.name, '')}")
+    return lines

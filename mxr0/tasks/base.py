@@ -1,0 +1,82 @@
+"""The interface between a task and the one training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from mxr0.config import Recipe
+
+
+def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split into decayed (matrices) and non-decayed (biases, norms, tokens)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.endswith(".bias") or "norm" in name.lower() or "token" in name.lower():
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "wd_scale": 1.0})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0})
+    return groups
+
+
+class Task:
+    """Subclass and register in ``mxr0.tasks.TASKS``.
+
+    The loop calls, in order: `build_model`, `build_datasets`, `param_groups`, then per micro-batch
+    `training_step` (returns a dict of named scalar tensors; ``loss`` is optimised, the rest are
+    logged), `on_step_end` after each optimiser step, `evaluate` at the evaluation cadence, and
+    `export` at the end (a Hugging Face-native folder).
+    """
+
+    name: ClassVar[str] = ""
+    ModelConfig: ClassVar[type] = dict
+    main_metric: ClassVar[str] = "loss"
+    """The evaluation metric shown in the final summary."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.cfg = recipe.model
+
+    # --- build ------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset | None]:
+        """(train, eval) datasets; items are collated by `collate`."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        return torch.utils.data.default_collate(items)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Optimiser parameter groups. Optional keys ``lr_scale`` / ``wd_scale`` multiply the
+        scheduled learning rate / weight decay each step (layer-wise decay, no-decay groups)."""
+        return decay_param_groups(model, self.recipe.train.weight_decay)
+
+    # --- train ------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_step_end(self, model: nn.Module, step: int, accelerator: Accelerator) -> None:
+        """Called after every optimiser step (e.g. an EMA teacher update)."""
+
+    # --- evaluate / export ------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, loader: torch.utils.data.DataLoader, accelerator: Accelerator) -> dict[str, float]:
+        """Metrics on the evaluation set (all ranks call this; gather inside)."""
+        return {}
+
+    def export(self, model: nn.Module, out_dir: Path, accelerator: Accelerator) -> None:
+        """Write the trained model as a Hugging Face-native folder (main process writes)."""

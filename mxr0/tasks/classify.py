@@ -1,0 +1,235 @@
+"""Multi-label finding classification on a DINOv2-family encoder (CheXpert observations).
+
+The model is Hugging Face's ``Dinov2WithRegistersForImageClassification`` (or the class that fits a
+pretrained checkpoint, through ``AutoModelForImageClassification``): a linear head on the CLS token
+concatenated with the mean patch token (registers excluded). It is built from a config or loaded from
+a path / Hub id (our XR-0 export, ``microsoft/rad-dino``, ``facebook/dinov2-with-registers-base``),
+trained frozen (linear probe) or fine-tuned, and exported as a folder that loads with
+``AutoModelForImageClassification`` and ``AutoImageProcessor`` without remote code.
+
+Label policy (CheXpert convention, named in every metrics file): uncertain (-1) → ``uncertain``
+(``ones``: U-Ones, ``zeros``: U-Zeros, ``ignore``: masked out of loss and metrics); not mentioned
+(None) → ``blank`` (``zeros`` or ``ignore``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mxr0.config import ConfigError
+from mxr0.data.loading import load_split, select_image
+from mxr0.data.records import CHEXPERT_LABELS
+from mxr0.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassifyModelConfig:
+    """The encoder, its head and the label policy."""
+
+    encoder: str = ""
+    """Path or Hub id of a DINOv2-family checkpoint (e.g. microsoft/rad-dino); empty builds a new
+    Dinov2WithRegisters encoder from ``encoder_config``."""
+    encoder_config: dict = field(default_factory=dict)
+    """Dinov2WithRegistersConfig arguments for a new encoder (hidden_size, num_hidden_layers, …)."""
+    image_size: int = 224
+    """Input side for a new encoder (a pretrained one uses its image-processor config)."""
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Normalisation mean for a new encoder."""
+    image_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    """Normalisation std for a new encoder."""
+    freeze_encoder: bool = False
+    """Train only the head (linear probe) when true."""
+    labels: list[str] = field(default_factory=list)
+    """CheXpert observations to predict; empty: every observation with positives and negatives in
+    the training split."""
+    uncertain: Literal["ones", "zeros", "ignore"] = "ones"
+    """Uncertain labels (-1) as positive (U-Ones), negative (U-Zeros) or masked out."""
+    blank: Literal["zeros", "ignore"] = "zeros"
+    """Not-mentioned labels as negative or masked out."""
+    augment: bool = True
+    """Light training augmentation (crop jitter, small rotation, contrast/gamma); never flips,
+    because laterality matters."""
+
+
+def label_targets(record: dict, labels: list[str], uncertain: str, blank: str) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, mask) float arrays for ``labels`` under the uncertain / blank policy."""
+    y = np.zeros(len(labels), dtype=np.float32)
+    m = np.ones(len(labels), dtype=np.float32)
+    for i, name in enumerate(labels):
+        v = record["labels"].get(name)
+        if v is None:
+            if blank == "ignore":
+                m[i] = 0
+        elif v == -1:
+            if uncertain == "ones":
+                y[i] = 1
+            elif uncertain == "ignore":
+                m[i] = 0
+        else:
+            y[i] = float(v)
+    return y, m
+
+
+class StudyImageDataset(torch.utils.data.Dataset):
+    """One image per study (the first current image of an allowed view), transformed for the model,
+    with multi-label targets and a mask."""
+
+    def __init__(self, records, labels, transform, uncertain="ones", blank="zeros", views=None, augment=False):
+        self.items = []
+        skipped = 0
+        for r in records:
+            k = select_image(r, views)
+            if k is None:
+                skipped += 1
+                continue
+            y, m = label_targets(r, labels, uncertain, blank)
+            self.items.append((r["images"][k]["path"], y, m, r["study_id"]))
+        if skipped:
+            log.warning("%d studies have no image of the allowed views %s and are left out", skipped, views)
+        self.transform = transform
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        from mxr0.data.augment import light_augment
+        from mxr0.data.xray import read_xray
+
+        path, y, m, _ = self.items[i]
+        img = read_xray(path)
+        if self.augment:
+            img = light_augment(img)
+        return {"pixel_values": self.transform(img), "labels": torch.from_numpy(y), "label_mask": torch.from_numpy(m)}
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the unmasked entries."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def auroc_table(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """Per-label AUROC (labels with both classes among valid entries) and their mean."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float] = {}
+    for j, name in enumerate(labels):
+        valid = mask[:, j] > 0
+        y = targets[valid, j]
+        if y.min(initial=1) == y.max(initial=0):
+            continue
+        out[f"auroc/{name}"] = float(roc_auc_score(y, scores[valid, j]))
+    if out:
+        out["mean_auroc"] = float(np.mean(list(out.values())))
+    return out
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    ModelConfig = ClassifyModelConfig
+    main_metric = "mean_auroc"
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        self._transform = None
+        self.labels: list[str] = list(self.cfg.labels)
+        bad = [name for name in self.labels if name not in CHEXPERT_LABELS]
+        if bad:
+            raise ConfigError(f"model.labels: unknown observation(s) {bad}; valid: {list(CHEXPERT_LABELS)}")
+
+    # --- image transform: from the encoder's processor config, or the recipe for a new encoder ---
+    @property
+    def transform(self):
+        from mxr0.data.transforms import ImageTransform
+
+        if self._transform is None:
+            if self.cfg.encoder:
+                self._transform = ImageTransform.from_pretrained(self.cfg.encoder)
+            else:
+                self._transform = ImageTransform(size=self.cfg.image_size, mean=tuple(self.cfg.image_mean),
+                                                 std=tuple(self.cfg.image_std))
+        return self._transform
+
+    def build_datasets(self):
+        d = self.recipe.data
+        train_recs = load_split(d, d.train_split, d.max_train_studies)
+        eval_recs = load_split(d, d.eval_split, d.max_eval_studies)
+        if not self.labels:
+            self.labels = [name for name in CHEXPERT_LABELS if self._has_both_classes(train_recs, name)]
+            log.info("classifying %d observations found in the training split: %s", len(self.labels), self.labels)
+        if not self.labels:
+            raise ConfigError("no observation has both positive and negative studies in the training split; set model.labels")
+        c = self.cfg
+        train = StudyImageDataset(train_recs, self.labels, self.transform, c.uncertain, c.blank, d.views, c.augment)
+        evald = StudyImageDataset(eval_recs, self.labels, self.transform, c.uncertain, c.blank, d.views, False)
+        return train, evald
+
+    def _has_both_classes(self, records: list[dict], name: str) -> bool:
+        vals = {r["labels"][name] for r in records}
+        pos = 1 in vals or (-1 in vals and self.cfg.uncertain == "ones")
+        neg = 0 in vals or (None in vals and self.cfg.blank == "zeros") or (-1 in vals and self.cfg.uncertain == "zeros")
+        return pos and neg
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoModelForImageClassification, Dinov2WithRegistersConfig
+
+        c = self.cfg
+        kwargs = dict(
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id={n: i for i, n in enumerate(self.labels)},
+            problem_type="multi_label_classification",
+        )
+        if c.encoder:
+            model = AutoModelForImageClassification.from_pretrained(c.encoder, ignore_mismatched_sizes=True, **kwargs)
+        else:
+            from transformers import Dinov2WithRegistersForImageClassification
+
+            try:
+                config = Dinov2WithRegistersConfig(image_size=c.image_size, **c.encoder_config, **kwargs)
+            except TypeError as e:
+                raise ConfigError(f"model.encoder_config: {e}") from e
+            model = Dinov2WithRegistersForImageClassification(config)
+        if c.freeze_encoder:
+            for name, p in model.named_parameters():
+                if not name.startswith("classifier"):
+                    p.requires_grad_(False)
+        return model
+
+    def training_step(self, model, batch):
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        return {"loss": masked_bce(logits, batch["labels"], batch["label_mask"])}
+
+    def evaluate(self, model, loader, accelerator):
+        scores, targets, masks, losses = [], [], [], []
+        for batch in loader:
+            logits = model(pixel_values=batch["pixel_values"]).logits.float()
+            logits, y, m = accelerator.gather_for_metrics((logits, batch["labels"], batch["label_mask"]))
+            losses.append(masked_bce(logits, y, m).item() * len(y))
+            scores.append(torch.sigmoid(logits).cpu().numpy())
+            targets.append(y.cpu().numpy())
+            masks.append(m.cpu().numpy())
+        s, y, m = (np.concatenate(a) for a in (scores, targets, masks))
+        out = auroc_table(s, y, m, self.labels)
+        out["loss"] = float(np.sum(losses) / max(len(y), 1))
+        return out
+
+    def export(self, model, out_dir: Path, accelerator):
+        if not accelerator.is_main_process:
+            return
+        out_dir = Path(out_dir)
+        model.save_pretrained(out_dir, safe_serialization=True)
+        (out_dir / "preprocessor_config.json").write_text(json.dumps(self.transform.to_processor_config(), indent=2))
+        policy = {"labels": self.labels, "uncertain": self.cfg.uncertain, "blank": self.cfg.blank}
+        (out_dir / "mxr0_labels.json").write_text(json.dumps(policy, indent=2))

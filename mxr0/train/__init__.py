@@ -1,0 +1,1 @@
+"""The one Accelerate training loop, schedules, checkpoints and run logging."""

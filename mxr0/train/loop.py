@@ -1,0 +1,317 @@
+"""The one training loop. Every task runs in it; it owns devices, precision, accumulation, clipping,
+schedules, logging, evaluation cadence, checkpoints and resume.
+
+A task only builds its model and data, turns a batch into a dict of named losses, evaluates and
+exports (`mxr0.tasks.base.Task`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mxr0.config import ConfigError, Recipe, write_recipe
+from mxr0.tasks import Task, get_task_class
+from mxr0.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from mxr0.train.schedules import warmup_cosine
+from mxr0.train.trackers import Trackers
+
+log = logging.getLogger("mxr0.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive non-finite losses."""
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch), so the data order is reproducible and a
+    resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def _check_launcher(recipe: Recipe) -> None:
+    """Precision and accumulation are set by the recipe only; a launcher that disagrees is an error."""
+    t = recipe.train
+    env_mp = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if env_mp and env_mp != "no" and env_mp != t.mixed_precision:
+        raise ConfigError(
+            f"the launcher sets mixed precision {env_mp!r} but the recipe says train.mixed_precision="
+            f"{t.mixed_precision!r}. Precision is set in the recipe only: remove it from the accelerate "
+            f"config / command line, or override the recipe with train.mixed_precision={env_mp}"
+        )
+    env_ga = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    if env_ga and int(env_ga) not in (1, t.grad_accum):
+        raise ConfigError(
+            f"the launcher sets gradient_accumulation_steps={env_ga} but the recipe says "
+            f"train.grad_accum={t.grad_accum}. Accumulation is set in the recipe only: remove it from "
+            f"the accelerate config, or override the recipe with train.grad_accum={env_ga}"
+        )
+
+
+def make_accelerator(recipe: Recipe, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    _check_launcher(recipe)
+    t = recipe.train
+    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (CPUs with AVX-512 bf16) or no")
+    return Accelerator(
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.grad_accum,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+    )
+
+
+def _build_loader(task: Task, dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int, drop_last: bool):
+    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=task.collate,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+        # Own generator: creating an iterator then draws from it, not from the global RNG, so a
+        # resumed run's RNG stream matches an uninterrupted run's.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, sampler
+
+
+def evaluate(task: Task, model, loader, accelerator) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            metrics = task.evaluate(model, loader, accelerator)
+    finally:
+        model.train(was_training)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
+    """Train ``recipe`` to the end; returns ``{"metrics": final eval metrics, "run_dir", "export_dir", …}``.
+
+    ``resume``: ``latest`` continues from the newest complete checkpoint of the run folder (or
+    starts fresh when there is none), a path continues from that checkpoint.
+    """
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    t = recipe.train
+    run_dir = Path(t.output_dir)
+    accelerator = make_accelerator(recipe, run_dir)
+    is_main = accelerator.is_main_process
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_recipe(recipe, run_dir / "recipe.yaml")
+    task = get_task_class(recipe.task)(recipe)
+
+    set_seed(t.seed)
+    with accelerator.main_process_first():
+        train_ds, eval_ds = task.build_datasets()
+    model = task.build_model()
+    if t.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise ConfigError(f"train.gradient_checkpointing=true but the {recipe.task} model does not support it")
+        model.gradient_checkpointing_enable()
+    groups = task.param_groups(model)
+    n_trainable = sum(p.numel() for g in groups for p in g["params"])
+    if n_trainable == 0:
+        raise ConfigError("the model has no trainable parameters (is everything frozen?)")
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+    train_loader, sampler = _build_loader(task, train_ds, t.batch_size, t.seed, True, recipe.data.num_workers, True)
+    eval_loader = None
+    if eval_ds is not None and len(eval_ds) > 0:
+        eval_loader, _ = _build_loader(task, eval_ds, t.batch_size, t.seed, False, recipe.data.num_workers, False)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+
+    micro_per_epoch = (len(train_loader) // t.grad_accum) * t.grad_accum
+    steps_per_epoch = micro_per_epoch // t.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"the training set has {len(train_ds)} samples, fewer than one optimiser step needs "
+            f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} x {accelerator.num_processes} processes); "
+            "lower train.batch_size or add data"
+        )
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    lr_at = warmup_cosine(total_steps, t.lr, t.min_lr, t.warmup_steps, shape=t.schedule)
+    wd_at = warmup_cosine(total_steps, t.weight_decay, t.weight_decay if t.weight_decay_end is None else t.weight_decay_end)
+
+    set_seed(t.seed, device_specific=True)  # per-rank augmentation streams; a resume restores the saved RNG
+    state = TrainState()
+    if resume:
+        ckpt = resolve_checkpoint(run_dir, resume)
+        if ckpt is not None:
+            state = load_checkpoint(accelerator, ckpt)
+            log.info("resumed from %s at step %d", ckpt, state.step)
+            if is_main:
+                tqdm.write(f"[mxr0] resumed from {ckpt} (step {state.step}/{total_steps})")
+
+    trackers = Trackers(run_dir, t.trackers, accelerator, config=recipe) if is_main else None
+    if is_main:
+        n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+        tqdm.write(
+            f"[mxr0] task={recipe.task} run={run_dir} processes={accelerator.num_processes} "
+            f"device={accelerator.device} precision={t.mixed_precision} params={n_params / 1e6:.2f}M "
+            f"trainable={n_trainable / 1e6:.2f}M steps={total_steps} "
+            f"(epoch={steps_per_epoch} steps, global batch={t.batch_size * t.grad_accum * accelerator.num_processes})"
+        )
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (is_main and t.progress), desc=f"train {recipe.task}",
+               dynamic_ncols=True, mininterval=1.0)
+
+    last_eval: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
+    n_sum = 0
+    window_ok = True
+    grad_norm = None
+    t_last, samples_last = time.perf_counter(), state.samples
+    model.train()
+    while state.step < total_steps:
+        sampler.set_epoch(state.epoch)
+        it = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
+        for batch in it:
+            if state.batch_in_epoch >= micro_per_epoch or state.step >= total_steps:
+                break
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at[state.step] * g.get("lr_scale", 1.0)
+                g["weight_decay"] = wd_at[state.step] * g.get("wd_scale", 1.0)
+            with accelerator.accumulate(model):
+                losses = task.training_step(model, batch)
+                loss = losses["loss"]
+                finite = torch.isfinite(loss.detach()).float()
+                finite = accelerator.reduce(finite, reduction="mean") if accelerator.num_processes > 1 else finite
+                if bool(finite.item() == 1.0):
+                    accelerator.backward(loss)
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                    n_sum += 1
+                else:
+                    window_ok = False
+                if accelerator.sync_gradients:
+                    grad_norm = None
+                    if window_ok:
+                        if t.max_grad_norm > 0:
+                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            state.batch_in_epoch += 1
+            state.samples += _batch_size(batch) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+
+            # --- one optimiser step is done ------------------------------------------------
+            if window_ok:
+                state.nonfinite_streak = 0
+                task.on_step_end(model, state.step, accelerator)
+            else:
+                state.nonfinite_streak += 1
+                state.skipped_steps += 1
+                if is_main:
+                    tqdm.write(f"[mxr0] step {state.step}: non-finite loss, step skipped "
+                               f"({state.nonfinite_streak} in a row, limit train.max_nonfinite={t.max_nonfinite})")
+                if state.nonfinite_streak >= t.max_nonfinite:
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"stopped at step {state.step}: the loss was non-finite (NaN/inf) for {state.nonfinite_streak} "
+                        f"optimiser steps in a row. Lower train.lr, enable clipping (train.max_grad_norm), check the "
+                        f"data for broken images, or resume from the last good checkpoint in {run_dir / 'checkpoints'}."
+                    )
+            window_ok = True
+            state.step += 1
+            bar.update(1)
+
+            if state.step % t.log_every == 0 or state.step == total_steps:
+                logs = {}
+                if n_sum:
+                    keys = sorted(sums)
+                    vec = torch.stack([sums[k] / n_sum for k in keys])
+                    vec = accelerator.reduce(vec, reduction="mean") if accelerator.num_processes > 1 else vec
+                    logs = {f"train/{k}": float(v) for k, v in zip(keys, vec.tolist())}
+                now = time.perf_counter()
+                logs["train/lr"] = float(lr_at[state.step - 1])
+                logs["train/samples_per_s"] = (state.samples - samples_last) / max(now - t_last, 1e-9)
+                logs["train/epoch"] = state.epoch + state.batch_in_epoch / micro_per_epoch
+                if grad_norm is not None:
+                    logs["train/grad_norm"] = float(grad_norm)
+                t_last, samples_last = now, state.samples
+                sums, n_sum = {}, 0
+                if is_main:
+                    trackers.log(logs, state.step)
+                    bar.set_postfix(loss=f"{logs.get('train/loss', float('nan')):.4f}", lr=f"{logs['train/lr']:.2e}",
+                                    sps=f"{logs['train/samples_per_s']:.0f}")
+
+            if eval_loader is not None and t.eval_every and state.step % t.eval_every == 0 and state.step < total_steps:
+                last_eval = evaluate(task, model, eval_loader, accelerator)
+                if is_main:
+                    trackers.log({f"eval/{k}": v for k, v in last_eval.items()}, state.step)
+                    tqdm.write(f"[mxr0] step {state.step} eval: " + _fmt(last_eval))
+
+            if t.save_every and state.step % t.save_every == 0 and state.step < total_steps:
+                save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last)
+        if state.batch_in_epoch >= micro_per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    bar.close()
+
+    ckpt = save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last)
+    if eval_loader is not None:
+        last_eval = evaluate(task, model, eval_loader, accelerator)
+    export_dir = run_dir / "export"
+    accelerator.wait_for_everyone()
+    task.export(accelerator.unwrap_model(model), export_dir, accelerator)
+    accelerator.wait_for_everyone()
+    result = {"metrics": last_eval, "run_dir": str(run_dir), "export_dir": str(export_dir), "checkpoint": str(ckpt),
+              "state": asdict(state), "main_metric": task.main_metric}
+    if is_main:
+        trackers.log({f"eval/{k}": v for k, v in last_eval.items()}, state.step)
+        trackers.write_results(result)
+        trackers.close()
+        tqdm.write(f"[mxr0] done: step {state.step}, eval: {_fmt(last_eval)}; model in {export_dir}")
+    accelerator.end_training()
+    return result
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                return int(v.shape[0])
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return int(batch[0].shape[0])
+    return 0
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "/" not in k) or "(none)"
+
+
+__all__ = ["EpochSampler", "NonFiniteLossError", "evaluate", "list_checkpoints", "train"]

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Creates ./.venv when absent and installs mxr0 into it (torch pinned and installed first).
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it skips work already done).
+#   MXR0_VENV     where the virtual environment lives (default: <repo>/.venv)
+#   MXR0_TORCH    the torch requirement installed first (default: torch==2.13.0, the CPU wheel here)
+#   MXR0_EXTRAS   extras to install (default: dev)
+set -euo pipefail
+MXR0_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MXR0_VENV="${MXR0_VENV:-$MXR0_ROOT/.venv}"
+MXR0_TORCH="${MXR0_TORCH:-torch==2.13.0}"
+MXR0_EXTRAS="${MXR0_EXTRAS:-dev}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$MXR0_VENV/bin/python" ]; then
+  echo "[mxr0] creating virtual environment in $MXR0_VENV"
+  "$PYTHON" -m venv "$MXR0_VENV"
+  "$MXR0_VENV/bin/python" -m pip install -q --upgrade pip
+fi
+# Re-install only when pyproject.toml or the requested extras/torch changed.
+stamp="$MXR0_VENV/.mxr0-installed"
+want="$( (cat "$MXR0_ROOT/pyproject.toml"; echo "$MXR0_TORCH $MXR0_EXTRAS") | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[mxr0] installing $MXR0_TORCH first, then mxr0[$MXR0_EXTRAS] (a few minutes the first time)"
+  "$MXR0_VENV/bin/python" -m pip install -q "$MXR0_TORCH" 2> >(grep -v "is ignored: it is neither" >&2)
+  "$MXR0_VENV/bin/python" -m pip install -q -e "$MXR0_ROOT[$MXR0_EXTRAS]" 2> >(grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2)
+  echo "$want" > "$stamp"
+fi
+export PATH="$MXR0_VENV/bin:$PATH"
