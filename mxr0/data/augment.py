@@ -26,3 +26,10 @@ def light_augment(img: np.ndarray, scale: tuple[float, float] = (0.85, 1.0), max
     out = np.clip(out, 0.0, 1.0) ** g
     out = np.clip((out - 0.5) * c + 0.5, 0.0, 1.0)
     return out.astype(np.float32, copy=False)
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random stream of one sample in one epoch. Augmentations drawn from it do not depend on
+    worker count, prefetching or where a run was resumed, so a resumed run repeats an
+    uninterrupted one exactly."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)

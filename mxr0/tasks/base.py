@@ -39,6 +39,10 @@ class Task:
     `training_step` (returns a dict of named scalar tensors; ``loss`` is optimised, the rest are
     logged), `on_step_end` after each optimiser step, `evaluate` at the evaluation cadence, and
     `export` at the end (a Hugging Face-native folder).
+
+    Exact resume: random augmentations must draw from `mxr0.data.augment.sample_generator(seed,
+    epoch, index)` (datasets get ``set_epoch`` calls from the loader), not from the global RNG, which
+    the loader's prefetching advances ahead of the checkpoint.
     """
 
     name: ClassVar[str] = ""

@@ -84,7 +84,7 @@ class StudyImageDataset(torch.utils.data.Dataset):
     """One image per study (the first current image of an allowed view), transformed for the model,
     with multi-label targets and a mask."""
 
-    def __init__(self, records, labels, transform, uncertain="ones", blank="zeros", views=None, augment=False):
+    def __init__(self, records, labels, transform, uncertain="ones", blank="zeros", views=None, augment=False, seed=0):
         self.items = []
         skipped = 0
         for r in records:
@@ -98,18 +98,23 @@ class StudyImageDataset(torch.utils.data.Dataset):
             log.warning("%d studies have no image of the allowed views %s and are left out", skipped, views)
         self.transform = transform
         self.augment = augment
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loader each epoch: augmentations are a function of (seed, epoch, index)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        from mxr0.data.augment import light_augment
+        from mxr0.data.augment import light_augment, sample_generator
         from mxr0.data.xray import read_xray
 
         path, y, m, _ = self.items[i]
         img = read_xray(path)
         if self.augment:
-            img = light_augment(img)
+            img = light_augment(img, generator=sample_generator(self.seed, self.epoch, i))
         return {"pixel_values": self.transform(img), "labels": torch.from_numpy(y), "label_mask": torch.from_numpy(m)}
 
 
@@ -171,7 +176,8 @@ class ClassifyTask(Task):
         if not self.labels:
             raise ConfigError("no observation has both positive and negative studies in the training split; set model.labels")
         c = self.cfg
-        train = StudyImageDataset(train_recs, self.labels, self.transform, c.uncertain, c.blank, d.views, c.augment)
+        train = StudyImageDataset(train_recs, self.labels, self.transform, c.uncertain, c.blank, d.views, c.augment,
+                                  seed=self.recipe.train.seed)
         evald = StudyImageDataset(eval_recs, self.labels, self.transform, c.uncertain, c.blank, d.views, False)
         return train, evald
 

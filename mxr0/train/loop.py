@@ -146,7 +146,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
     optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
-    train_loader, sampler = _build_loader(task, train_ds, t.batch_size, t.seed, True, recipe.data.num_workers, True)
+    train_loader, _ = _build_loader(task, train_ds, t.batch_size, t.seed, True, recipe.data.num_workers, True)
     eval_loader = None
     if eval_ds is not None and len(eval_ds) > 0:
         eval_loader, _ = _build_loader(task, eval_ds, t.batch_size, t.seed, False, recipe.data.num_workers, False)
@@ -196,14 +196,16 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     t_last, samples_last = time.perf_counter(), state.samples
     model.train()
     while state.step < total_steps:
-        sampler.set_epoch(state.epoch)
+        # Accelerate's loader owns the epoch counter and hands it to the sampler (and to the skipping
+        # loader made on resume); setting it on the sampler alone would be overwritten.
+        train_loader.set_epoch(state.epoch)
         it = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
         for batch in it:
             if state.batch_in_epoch >= micro_per_epoch or state.step >= total_steps:
                 break
             for g in optimizer.param_groups:
-                g["lr"] = lr_at[state.step] * g.get("lr_scale", 1.0)
-                g["weight_decay"] = wd_at[state.step] * g.get("wd_scale", 1.0)
+                g["lr"] = float(lr_at[state.step]) * g.get("lr_scale", 1.0)
+                g["weight_decay"] = float(wd_at[state.step]) * g.get("wd_scale", 1.0)
             with accelerator.accumulate(model):
                 losses = task.training_step(model, batch)
                 loss = losses["loss"]
