@@ -35,9 +35,10 @@ def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class Task:
     """Subclass and register in ``mxr0.tasks.TASKS``.
 
-    The loop calls, in order: `build_model`, `build_datasets`, `param_groups`, then per micro-batch
-    `training_step` (returns a dict of named scalar tensors; ``loss`` is optimised, the rest are
-    logged), `on_step_end` after each optimiser step, `evaluate` at the evaluation cadence, and
+    The loop calls, in order: `build_datasets`, `build_model`, `param_groups`, `setup`, then per
+    micro-batch `training_step` (returns a dict of named scalar tensors; ``loss`` is optimised, the
+    rest are logged), `before_optimizer_step` once the step's gradients are complete, `on_step_end`
+    after each optimiser step, `evaluate` at the evaluation cadence, and
     `export` at the end (a Hugging Face-native folder).
 
     Exact resume: random augmentations must draw from `mxr0.data.augment.sample_generator(seed,
@@ -71,8 +72,16 @@ class Task:
         return decay_param_groups(model, self.recipe.train.weight_decay)
 
     # --- train ------------------------------------------------------------------------------
+    def setup(self, total_steps: int, steps_per_epoch: int, accelerator: Accelerator) -> None:
+        """Called once before the first step, when the run length is known (precompute per-step
+        schedules here, e.g. teacher momentum or temperature)."""
+
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called after the gradients of a step are complete, before clipping and the optimiser
+        step (e.g. zero the gradients of a layer that stays frozen for the first epochs)."""
 
     def on_step_end(self, model: nn.Module, step: int, accelerator: Accelerator) -> None:
         """Called after every optimiser step (e.g. an EMA teacher update)."""

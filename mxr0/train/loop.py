@@ -166,6 +166,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     lr_at = warmup_cosine(total_steps, t.lr, t.min_lr, t.warmup_steps, shape=t.schedule)
     wd_at = warmup_cosine(total_steps, t.weight_decay, t.weight_decay if t.weight_decay_end is None else t.weight_decay_end)
 
+    task.setup(total_steps, steps_per_epoch, accelerator)
     set_seed(t.seed, device_specific=True)  # per-rank augmentation streams; a resume restores the saved RNG
     state = TrainState()
     if resume:
@@ -221,6 +222,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
                 if accelerator.sync_gradients:
                     grad_norm = None
                     if window_ok:
+                        task.before_optimizer_step(model, state.step)
                         if t.max_grad_norm > 0:
                             grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                         optimizer.step()
