@@ -5,6 +5,8 @@
     mxr0 train recipes/tiny/classify.yaml train.lr=5e-4 [--resume [latest|PATH]]
     accelerate launch -m mxr0 train RECIPE ...  (several processes / GPUs)
     mxr0 eval classify --model runs/tiny-classify/export --data data_cache/phantom --split test
+    mxr0 eval reports --pred preds.jsonl --ref refs.jsonl  CheXbert / RadGraph / NLG with bootstrap CIs
+    mxr0 eval vision --model xr0=runs/xr0/export --random-baseline --data data_cache/phantom
     mxr0 config show RECIPE [overrides]         every field with its value and documentation
 """
 
@@ -54,10 +56,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    if args.what != "classify":
-        print(f"mxr0 eval: unknown evaluation {args.what!r}; available: classify", file=sys.stderr)
-        return 2
+def cmd_eval_classify(args) -> int:
     from mxr0.data.records import read_records
     from mxr0.eval.classify import evaluate_classifier, markdown_table
 
@@ -116,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the newest checkpoint of the run folder (or a given checkpoint folder)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate an exported model")
-    e.add_argument("what", help="classify")
+    ev = sub.add_parser("eval", help="evaluate models and generated reports")
+    esub = ev.add_subparsers(dest="what", required=True)
+    e = esub.add_parser("classify", help="per-label AUROC of an exported classifier on canonical records")
     e.add_argument("--model", required=True, help="exported model folder")
     e.add_argument("--data", required=True, help="records file or folder")
     e.add_argument("--split", default="test")
@@ -125,7 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--views", nargs="*", default=None)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--out", help="write the metrics as JSON here")
-    e.set_defaults(fn=cmd_eval)
+    e.set_defaults(fn=cmd_eval_classify)
+
+    from mxr0.eval.reports import cli as reports_cli
+    from mxr0.eval.vision import cli as vision_cli
+
+    er = esub.add_parser("reports", help="CheXbert F1, RadGraph F1, BLEU/ROUGE-L/CIDEr-D with bootstrap CIs",
+                         description=reports_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    reports_cli.add_arguments(er)
+    er.set_defaults(fn=reports_cli.run)
+    evs = esub.add_parser("vision", help="frozen-encoder suite: linear probe, kNN, segmentation, fairness",
+                          description=vision_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    vision_cli.add_arguments(evs)
+    evs.set_defaults(fn=vision_cli.run)
 
     c = sub.add_parser("config", help="show or dump a resolved recipe")
     c.add_argument("action", choices=["show", "dump"])
