@@ -50,8 +50,10 @@ def cmd_train(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     result = train(recipe, resume=args.resume)
+    from accelerate import PartialState
+
     metric = result["metrics"].get(result["main_metric"])
-    if metric is not None:
+    if metric is not None and PartialState().is_main_process:
         print(f"[mxr0] {result['main_metric']} = {metric:.4f}")
     return 0
 

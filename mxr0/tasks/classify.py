@@ -207,10 +207,11 @@ class ClassifyTask(Task):
             except TypeError as e:
                 raise ConfigError(f"model.encoder_config: {e}") from e
             model = Dinov2WithRegistersForImageClassification(config)
-        if c.freeze_encoder:
-            for name, p in model.named_parameters():
-                if not name.startswith("classifier"):
-                    p.requires_grad_(False)
+        for name, p in model.named_parameters():
+            # The mask token serves masked-image pretraining only; left trainable it would get no
+            # gradient, which DDP rejects as an unused parameter.
+            if name.endswith("mask_token") or (c.freeze_encoder and not name.startswith("classifier")):
+                p.requires_grad_(False)
         return model
 
     def training_step(self, model, batch):
