@@ -179,3 +179,20 @@ def test_grad_accumulation_counts_optimizer_steps(phantom_small, tmp_path):
         "train.grad_accum": 2, "train.batch_size": 8, "train.max_steps": 6, "train.save_every": 0})))
     assert result["state"]["step"] == 6
     assert result["state"]["samples"] == 6 * 2 * 8  # 6 optimiser steps of 2 micro-batches of 8
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_resume(phantom_small, tmp_path):
+    """2 gloo ranks (the launch form that really starts 2 synchronised processes), then a resume."""
+    out = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "-m", "mxr0", "train", str(TINY)]
+    over = tiny_overrides(phantom_small.parent, out, **{"train.batch_size": 8})
+    subprocess.run([*base, *over, "train.max_steps=6", "train.save_every=3"], env=env, check=True, capture_output=True)
+    first = json.loads((out / "results.json").read_text())
+    assert first["num_processes"] == 2 and first["state"]["step"] == 6
+    assert first["state"]["samples"] == 6 * 8 * 2
+    subprocess.run([*base, *over, "train.max_steps=8", "--resume"], env=env, check=True, capture_output=True)
+    second = json.loads((out / "results.json").read_text())
+    assert second["num_processes"] == 2 and second["state"]["step"] == 8

@@ -12,6 +12,7 @@ from mxr0.tasks.base import Task
 
 TASKS: dict[str, str] = {
     "classify": "mxr0.tasks.classify:ClassifyTask",
+    "ssl": "mxr0.tasks.ssl:SSLTask",
 }
 """Task name → ``module:Class``."""
 

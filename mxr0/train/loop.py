@@ -294,7 +294,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     task.export(accelerator.unwrap_model(model), export_dir, accelerator)
     accelerator.wait_for_everyone()
     result = {"metrics": last_eval, "run_dir": str(run_dir), "export_dir": str(export_dir), "checkpoint": str(ckpt),
-              "state": asdict(state), "main_metric": task.main_metric}
+              "state": asdict(state), "main_metric": task.main_metric, "num_processes": accelerator.num_processes}
     if is_main:
         trackers.log({f"eval/{k}": v for k, v in last_eval.items()}, state.step)
         trackers.write_results(result)

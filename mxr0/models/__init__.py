@@ -1,0 +1,1 @@
+"""Thin builders around Hugging Face model classes (no model zoo of our own)."""
