@@ -3,7 +3,9 @@
 1. draw the phantom set (multi-anatomy radiographs with reports, labels, boxes, masks, QA) and a
    contact sheet of it;
 2. train the tiny finding classifier (`recipes/tiny/classify.yaml`) with the one training loop;
-3. evaluate the exported Hugging Face model on held-out test studies and print the AUROC table.
+3. evaluate the exported Hugging Face model on held-out test studies and print the AUROC table;
+4. pretrain the tiny XR-0 encoder self-supervised (DINO + iBOT + KoLeo) and compare it with random
+   initialisation on the frozen-encoder suite (`mxr0.demo_ssl`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def recipe_path(name: str) -> Path:
     raise FileNotFoundError(f"recipe {name} not found under {here.parent}; run from a checkout of mxr0")
 
 
-def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: bool = False) -> int:
+def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: bool = False, xr0: bool = True) -> int:
     from mxr0.config import load_recipe
     from mxr0.data.phantom import generate_phantom, preview_grid
     from mxr0.data.records import read_records
@@ -40,19 +42,20 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
     if fast:
         overrides += ["train.epochs=2", "train.eval_every=0", "train.save_every=0"]
 
-    print(f"[demo] 1/3 drawing {n} phantom studies at {size} px into {data}")
+    n_parts = 4 if xr0 else 3
+    print(f"[demo] 1/{n_parts} drawing {n} phantom studies at {size} px into {data}")
     t0 = time.perf_counter()
     records_path = generate_phantom(data, n_studies=n, image_size=size, seed=0, overwrite=False, progress=True)
     preview_grid(records_path, out_dir / "phantom_preview.png")
     print(f"[demo]     done in {time.perf_counter() - t0:.1f} s; contact sheet: {out_dir / 'phantom_preview.png'}")
 
-    print("[demo] 2/3 training the tiny finding classifier (recipes/tiny/classify.yaml)")
+    print(f"[demo] 2/{n_parts} training the tiny finding classifier (recipes/tiny/classify.yaml)")
     recipe = load_recipe(recipe_path(DEMO_RECIPE), overrides)
     t0 = time.perf_counter()
     result = train(recipe)
     t_train = time.perf_counter() - t0
 
-    print("[demo] 3/3 evaluating the exported model on the held-out test split")
+    print(f"[demo] 3/{n_parts} evaluating the exported model on the held-out test split")
     test = [r for r in read_records(records_path, splits=["test"]) if r["anatomy"] == "chest"]
     metrics = evaluate_classifier(result["export_dir"], test, views=recipe.data.views)
     table = markdown_table(metrics, title="Tiny XR classifier on held-out phantom chest studies")
@@ -67,4 +70,11 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
           f"training {t_train:.0f} s, total {summary['total_seconds']:.0f} s")
     print(f"[demo] model: {result['export_dir']} (loads with transformers AutoModelForImageClassification)")
     print(f"[demo] logs: {result['run_dir']}/metrics.jsonl, tensorboard --logdir {result['run_dir']}/tensorboard")
+    if xr0:
+        from mxr0.demo_ssl import run_ssl_demo
+
+        print(f"[demo] 4/{n_parts} XR-0 self-supervised pretraining and the frozen-encoder suite")
+        summary["xr0"] = run_ssl_demo(out_dir, data, fast=fast)
+        (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[demo] finished in {time.perf_counter() - t_start:.0f} s; results in {out_dir}")
     return 0
