@@ -1,0 +1,1 @@
+"""Hugging Face `evaluate` module folder (see README.md); a package only so that it ships with mxr0."""

@@ -1,0 +1,258 @@
+"""``evaluate_reports``: every report metric, bootstrap intervals and a paired test, in one call.
+
+    from mxr0.eval.reports import evaluate_reports, markdown_report
+    result = evaluate_reports("preds.jsonl", "refs.jsonl", bootstrap=500, uncertain="positive",
+                              chexbert_weights="weights/chexbert", radgraph_model="weights/radgraph-xl.tar.gz")
+    print(markdown_report(result))
+
+``predictions``/``references`` are JSONL/JSON paths, ``{study_id: text}`` mappings, or equal-length
+lists of texts. The result is a JSON-serialisable dict; its ``conventions`` entry says exactly how
+each number was computed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from .chexbert import CheXbert, CheXbertStats
+from .io import pair_reports
+from .nlg import METEOR_NOTE, NLG_CONVENTIONS, nlg_stats
+from .ptb import tokenize_corpus
+from .radgraph import RadGraph, RadGraphStats
+from .stats import bootstrap as run_bootstrap
+from .stats import paired_randomization, summarize
+from .weights import MissingWeightsError
+
+__all__ = ["evaluate_reports", "markdown_report", "METRIC_FAMILIES", "DEFAULT_METRICS", "parse_metrics"]
+
+METRIC_FAMILIES = ("bleu", "rouge_l", "rouge_l_f1", "cider_d", "chexbert", "radgraph")
+DEFAULT_METRICS = METRIC_FAMILIES
+_ALIASES = {"nlg": ("bleu", "rouge_l", "rouge_l_f1", "cider_d"), "all": METRIC_FAMILIES,
+            "rouge": ("rouge_l", "rouge_l_f1"), "cider": ("cider_d",), "rougel": ("rouge_l",),
+            "chexbert_f1": ("chexbert",), "radgraph_f1": ("radgraph",)}
+
+LABELS = {
+    "bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4": "BLEU-4",
+    "rouge_l": "ROUGE-L (pycocoevalcap, beta 1.2)", "rouge_l_f1": "ROUGE-L F1 (rouge_score)", "cider_d": "CIDEr-D",
+    "chexbert_f1_14_micro": "CheXbert micro-F1-14", "chexbert_f1_14_macro": "CheXbert macro-F1-14",
+    "chexbert_f1_5_micro": "CheXbert micro-F1-5", "chexbert_f1_5_macro": "CheXbert macro-F1-5",
+    "radgraph_f1_rg_e": "RadGraph F1 RG_E (simple)", "radgraph_f1_rg_er": "RadGraph F1 RG_ER (partial)",
+    "radgraph_f1_complete": "RadGraph F1 complete",
+}
+
+
+def parse_metrics(metrics: str | Sequence[str] | None) -> list[str]:
+    """Metric families from names/aliases (``nlg``, ``all``, ``rouge``...), comma-separated or a list."""
+    if metrics is None:
+        return list(DEFAULT_METRICS)
+    items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    out: list[str] = []
+    for m in items:
+        m = m.strip().lower().replace("-", "_")
+        if not m:
+            continue
+        fams = _ALIASES.get(m, (m,))
+        for f in fams:
+            if f not in METRIC_FAMILIES:
+                raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRIC_FAMILIES)} "
+                                 f"or {', '.join(_ALIASES)}")
+            if f not in out:
+                out.append(f)
+    if not out:
+        raise ValueError("no metric selected")
+    return out
+
+
+def _conventions(fams: list[str], uncertain: str, rouge_stemmer: bool, radgraph_model: RadGraph | None) -> dict:
+    conv = {}
+    if any(f in fams for f in ("bleu", "rouge_l", "cider_d")):
+        conv["tokenization"] = NLG_CONVENTIONS["tokenization"]
+    for f in ("bleu", "rouge_l", "cider_d"):
+        if f in fams:
+            conv[f] = NLG_CONVENTIONS[f]
+    if "rouge_l_f1" in fams:
+        conv["rouge_l_f1"] = NLG_CONVENTIONS["rouge_l_f1"].format(
+            stem=", Porter stemming (use_stemmer=True, as RadEval)" if rouge_stemmer else ", no stemming "
+            "(use_stemmer=False, evaluate's default)")
+    if "chexbert" in fams:
+        conv["chexbert"] = (
+            f"uncertain counted as {uncertain} ("
+            + ("f1chexbert / RadEval convention" if uncertain == "positive" else "LLaVA-Rad / MAIRA-2 convention")
+            + "); positive = head class 1" + (" or 3 (uncertain)" if uncertain == "positive" else "")
+            + "; blank (0) and negative (2) = 0; references are the truth; per-label F1 with zero_division=0; "
+            "F1-14 over all 14 CheXbert observations in CheXbert order (No Finding included), F1-5 over "
+            "Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion; micro and macro as sklearn "
+            "classification_report (what f1chexbert reports)")
+    if "radgraph" in fams:
+        conv["radgraph"] = (
+            "radgraph F1RadGraph reward levels: RG_E = 'simple' (entity tokens + label), RG_ER = 'partial' "
+            "(+ whether the entity has a relation), complete = (+ each relation and its target); F1 per report pair, "
+            "mean over pairs; a pair with an empty hypothesis or reference, or no entity on either side, scores 0; "
+            "entity tokens compared lower-cased (upstream fix after 0.1.18)"
+            + (f"; model type {radgraph_model.model_type}" if radgraph_model is not None else ""))
+    conv["meteor"] = METEOR_NOTE
+    return conv
+
+
+def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | None = None, bootstrap: int = 500,
+                     seed: int = 0, uncertain: str = "positive", chexbert_weights=None, radgraph_model=None,
+                     skip_missing: bool = False, compare=None, batch_size: int = 32, device: str | None = None,
+                     rouge_stemmer: bool = False, trials: int = 10000, chexbert: CheXbert | None = None,
+                     radgraph: RadGraph | None = None, log=None) -> dict:
+    """Score predicted reports against references; see the module and package docs.
+
+    ``bootstrap``: resamples for the 95% percentile intervals (0 = none). ``compare``: a second
+    system's predictions (same forms as ``predictions``) for the paired approximate-randomisation
+    test (``trials`` permutations). ``chexbert``/``radgraph``: already-loaded models (else loaded
+    from ``chexbert_weights``/``radgraph_model`` or the caches). Missing model files raise
+    :class:`MissingWeightsError` unless ``skip_missing``, which reports the other metrics and says
+    what was skipped and why."""
+    if uncertain not in ("positive", "negative"):
+        raise ValueError(f"uncertain must be 'positive' or 'negative', got {uncertain!r}")
+    say = log or (lambda msg: None)
+    fams = parse_metrics(metrics)
+    ids, hyps, refs = pair_reports(predictions, references)
+    if not ids:
+        raise ValueError("no report pairs to evaluate")
+    hyps_b = None
+    if compare is not None:
+        ids_b, hyps_b, refs_b = pair_reports(compare, references, pred_name="compared predictions")
+        if ids_b != ids:  # pragma: no cover - pair_reports orders by the references
+            raise ValueError("the compared system does not cover the same studies")
+    skipped: dict[str, str] = {}
+    timing: dict[str, float] = {}
+
+    # Load the models first: a missing file should fail before minutes of work.
+    if "chexbert" in fams and chexbert is None:
+        t0 = time.perf_counter()
+        try:
+            chexbert = CheXbert.load(chexbert_weights, device=device)
+        except MissingWeightsError as e:
+            if not skip_missing:
+                raise
+            skipped["chexbert"] = str(e)
+        timing["chexbert_load"] = time.perf_counter() - t0
+    if "radgraph" in fams and radgraph is None:
+        t0 = time.perf_counter()
+        try:
+            radgraph = RadGraph.load(radgraph_model, device=device)
+        except MissingWeightsError as e:
+            if not skip_missing:
+                raise
+            skipped["radgraph"] = str(e)
+        timing["radgraph_load"] = time.perf_counter() - t0
+    active = [f for f in fams if f not in skipped]
+
+    systems = {"a": hyps} if hyps_b is None else {"a": hyps, "b": hyps_b}
+    stats: dict[str, dict] = {k: {} for k in systems}
+    per_label = {}
+    nlg = [f for f in active if f in ("bleu", "rouge_l", "rouge_l_f1", "cider_d")]
+    if nlg:
+        t0 = time.perf_counter()
+        ptb_refs = tokenize_corpus(refs) if any(f in nlg for f in ("bleu", "rouge_l", "cider_d")) else None
+        for k, h in systems.items():
+            stats[k].update(nlg_stats(h, refs, nlg, rouge_stemmer=rouge_stemmer, ptb_refs=ptb_refs))
+        timing["nlg"] = time.perf_counter() - t0
+        say(f"NLG metrics: {timing['nlg']:.1f} s")
+    if "chexbert" in active:
+        t0 = time.perf_counter()
+        texts = list(refs) + [t for h in systems.values() for t in h]
+        classes = chexbert.label(texts, batch_size=batch_size)
+        n = len(refs)
+        for j, (k, h) in enumerate(systems.items()):
+            st = CheXbertStats(classes[n * (j + 1):n * (j + 2)], classes[:n], uncertain)
+            stats[k]["chexbert"] = st
+            per_label[f"chexbert_{k}" if k != "a" else "chexbert"] = st.per_label()
+        timing["chexbert"] = time.perf_counter() - t0
+        say(f"CheXbert: labelled {len(set(texts))} distinct reports in {timing['chexbert']:.1f} s")
+    if "radgraph" in active:
+        t0 = time.perf_counter()
+        texts = list(refs) + [t for h in systems.values() for t in h]
+        anns = radgraph.annotate([t for t in texts if t], batch_size=max(1, batch_size // 2))
+        by_text = dict(zip([t for t in texts if t], anns))
+        empty = {"text": "", "entities": {}}
+        ref_anns = [by_text.get(t, empty) for t in refs]
+        for k, h in systems.items():
+            stats[k]["radgraph"] = RadGraphStats(h, refs, [by_text.get(t, empty) for t in h], ref_anns)
+        timing["radgraph"] = time.perf_counter() - t0
+        say(f"RadGraph: annotated {len(by_text)} distinct reports in {timing['radgraph']:.1f} s")
+
+    def point(st: dict) -> dict:
+        out = {}
+        for s in st.values():
+            out.update(s.value())
+        return out
+
+    values_a = point(stats["a"])
+    samples = None
+    if bootstrap and bootstrap > 0 and stats["a"]:
+        t0 = time.perf_counter()
+        samples = run_bootstrap(stats["a"], n_resamples=int(bootstrap), seed=seed)
+        timing["bootstrap"] = time.perf_counter() - t0
+        say(f"bootstrap ({bootstrap} resamples): {timing['bootstrap']:.1f} s")
+    result: dict = {
+        "n_studies": len(ids),
+        "metrics_requested": fams,
+        "metrics": summarize(values_a, samples),
+        "per_label": per_label,
+        "skipped": skipped,
+        "not_computed": {"meteor": METEOR_NOTE},
+        "conventions": _conventions(active, uncertain, rouge_stemmer, radgraph),
+        "settings": {"uncertain": uncertain, "rouge_stemmer": rouge_stemmer, "seed": seed},
+    }
+    if samples is not None:
+        result["bootstrap"] = {"n_resamples": int(bootstrap), "seed": seed, "unit": "study (report pair)",
+                               "center": "median of the resampled corpus values",
+                               "interval": "95% percentile interval (2.5th-97.5th percentiles)",
+                               "note": "corpus metrics are recomputed on every resample (BLEU brevity penalty, "
+                                       "CIDEr-D document frequencies, micro/macro F1), not averaged per study"}
+    if hyps_b is not None:
+        t0 = time.perf_counter()
+        test = paired_randomization(stats["a"], stats["b"], trials=trials, seed=seed)
+        timing["paired_test"] = time.perf_counter() - t0
+        result["comparison"] = {
+            "method": "paired approximate randomisation (swap each study's two outputs with probability 1/2), "
+                      "two-sided, p = (1 + #{|delta*| >= |delta|}) / (1 + trials)",
+            "trials": trials, "seed": seed, "delta": "system B (compare) minus system A (pred)",
+            "results": test}
+    result["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
+    return result
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def markdown_report(result: dict, title: str | None = None) -> str:
+    """A Markdown table of a result from :func:`evaluate_reports`, with the conventions underneath."""
+    lines = [f"### {title}", ""] if title else []
+    has_ci = "bootstrap" in result
+    head = "| metric | value |" + (" median [95% CI] |" if has_ci else "")
+    lines += [head, "|---|---|" + ("---|" if has_ci else "")]
+    for k, row in result["metrics"].items():
+        label = LABELS.get(k, k)
+        if k.startswith("chexbert"):
+            label += f" (uncertain={result['settings']['uncertain']})"
+        cells = f"| {label} | {_fmt(row['value'])} |"
+        if has_ci:
+            cells += f" {_fmt(row['median'])} [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] |" if "median" in row \
+                else " |"
+        lines.append(cells)
+    lines.append("")
+    n = result["n_studies"]
+    lines.append(f"{n} studies." + (f" Bootstrap: {result['bootstrap']['n_resamples']} resamples of the studies, "
+                                   f"seed {result['bootstrap']['seed']}, median and 95% percentile interval; corpus "
+                                   "metrics recomputed on each resample." if has_ci else ""))
+    if "comparison" in result:
+        c = result["comparison"]
+        lines += ["", f"Paired test (approximate randomisation, {c['trials']} trials, two-sided), "
+                      "B = compared system, A = predictions:", "",
+                  "| metric | A | B | B - A | p |", "|---|---|---|---|---|"]
+        for k, r in c["results"].items():
+            lines.append(f"| {LABELS.get(k, k)} | {_fmt(r['a'])} | {_fmt(r['b'])} | {r['delta']:+.4f} | "
+                         f"{r['p_value']:.4f} |")
+    if result.get("skipped"):
+        lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in result["skipped"].items()]
+    lines += ["", "Conventions:"] + [f"- {k}: {v}" for k, v in result["conventions"].items()]
+    return "\n".join(lines) + "\n"

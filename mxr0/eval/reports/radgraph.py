@@ -1,0 +1,473 @@
+"""RadGraph F1 (Delbrouck et al. 2022) with our own batched inference of the official RadGraph models.
+
+**Scoring** follows ``radgraph.F1RadGraph`` (Stanford-AIMI/radgraph) reward levels, computed per
+report pair and averaged over pairs:
+
+* ``simple`` = RG_E: set of (entity tokens, label);
+* ``partial`` = RG_ER: (tokens, label) for entities without relations and
+  (tokens, label, True) for entities with at least one relation;
+* ``complete`` (RG_ER-bar): (tokens, label) for entities without relations and
+  (tokens, label, relation, target tokens) for each relation;
+
+F1 of the two sets (precision and recall 0 when a set is empty). A pair whose hypothesis or
+reference string is empty (``len == 0``), or whose annotation of either side has no entity,
+scores 0 on every level and still counts in the mean, as in the reference. Entity tokens are
+compared lower-cased, as upstream since PR #15 (radgraph 0.1.18 on PyPI lower-cases only the
+relation tuples; pass ``case_insensitive=False`` for that behaviour).
+
+**Inference**: radgraph 0.1.18 fails on transformers 5 (``encode_plus`` no longer exists), runs one
+report per forward pass and downloads its models at first use. :class:`RadGraph` loads the same
+model archives (``radgraph.tar.gz``, ``radgraph-xl.tar.gz``, ``modern-radgraph-xl.tar.gz`` from
+``StanfordAIMI/RRG_scorers``: ``config.json``, ``weights.th``, ``vocabulary/``) from a local path and
+re-implements the DyGIE forward pass the package uses: the report pre-processing of each model
+type, words split into word pieces (mismatched embedder: wordpiece vectors averaged per word,
+documents longer than ``max_length`` folded into segments), spans up to ``max_span_width`` words
+embedded as [start; end; width embedding], a NER feed-forward scorer with a fixed 0 score for the
+null label, span pruning to ``ceil(words * spans_per_word)`` by a mention scorer, pairwise relation
+scores ``FFNN([a; b; a*b]) + s_a + s_b`` with a null 0 score, and the package's post-processing into
+``{"text", "entities": {id: {tokens, label, start_ix, end_ix, relations}}}``. The transformer
+config and tokenizer named in ``config.json`` come from a folder next to the weights
+(``transformer/``), a local path, or the Hugging Face cache; they are never downloaded.
+Reports are batched through the transformer; spans and relations are decoded per report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .stats import AdditiveStats
+from .weights import MissingWeightsError, hf_cached_file, user_cache_dir
+
+__all__ = ["RadGraph", "RadGraphStats", "rewards", "preprocess_report", "resolve_radgraph_model",
+           "MODEL_TYPES", "REWARD_NAMES"]
+
+MODEL_TYPES = {"radgraph": "radgraph.tar.gz", "radgraph-xl": "radgraph-xl.tar.gz",
+               "modern-radgraph-xl": "modern-radgraph-xl.tar.gz"}
+HUB_REPO = "StanfordAIMI/RRG_scorers"
+REWARD_NAMES = ("radgraph_f1_rg_e", "radgraph_f1_rg_er", "radgraph_f1_complete")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+def _set_f1(h: set, r: set) -> float:
+    p = sum(1 for x in h if x in r) / len(h) if h else 0.0
+    rc = sum(1 for x in r if x in h) / len(r) if r else 0.0
+    return 2 * p * rc / (p + rc) if p + rc > 0 else 0.0
+
+
+def _candidates(ann: dict, level: str, lower: bool) -> set:
+    ents = ann["entities"]
+
+    def t(e):
+        return e["tokens"].lower() if lower else e["tokens"]
+
+    out = set()
+    for e in ents.values():
+        rels = e.get("relations") or []
+        if level == "simple":
+            out.add((t(e), e["label"]))
+        elif level == "partial":
+            out.add((t(e), e["label"], True) if rels else (t(e), e["label"]))
+        else:
+            if not rels:
+                out.add((t(e), e["label"]))
+            for rel in rels:
+                # relation tuples are lower-cased in every radgraph version
+                out.add((e["tokens"].lower(), e["label"], rel[0], ents[rel[1]]["tokens"].lower()))
+    return out
+
+
+def rewards(hyp_ann: dict, ref_ann: dict, case_insensitive: bool = True) -> tuple[float, float, float]:
+    """(simple, partial, complete) F1 of one pair of RadGraph annotations."""
+    if not hyp_ann.get("entities") or not ref_ann.get("entities"):
+        return 0.0, 0.0, 0.0
+    return tuple(_set_f1(_candidates(hyp_ann, lv, case_insensitive), _candidates(ref_ann, lv, case_insensitive))
+                 for lv in ("simple", "partial", "complete"))  # type: ignore[return-value]
+
+
+class RadGraphStats(AdditiveStats):
+    """Per-pair RadGraph rewards; corpus value = mean over pairs."""
+
+    names = REWARD_NAMES
+
+    def __init__(self, hyps: Sequence[str], refs: Sequence[str], hyp_anns: Sequence[dict],
+                 ref_anns: Sequence[dict], case_insensitive: bool = True):
+        x = np.zeros((len(hyps), 3))
+        for i, (h, r, ha, ra) in enumerate(zip(hyps, refs, hyp_anns, ref_anns)):
+            if len(h) == 0 or len(r) == 0:
+                continue
+            x[i] = rewards(ha, ra, case_insensitive)
+        self.per_pair = x
+        super().__init__(x)
+
+    def finalize(self, sums, counts):
+        return sums / counts[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-processing (radgraph.utils.preprocess_reports)
+_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")  # nltk.tokenize.wordpunct_tokenize
+_RADGRAPH_V1 = re.compile(r"(?<! )(?=[/,-,:,.,!?()])|(?<=[/,-,:,.,!?()])(?! )")
+
+
+def preprocess_report(text: str, model_type: str) -> list[str]:
+    """Words fed to the model, as the radgraph package splits a report for ``model_type``."""
+    if model_type == "radgraph":
+        return _RADGRAPH_V1.sub(" ", text).split()
+    # radgraph-xl and modern-radgraph-xl (and, through a bug in the package, every other type)
+    t = text.replace("\\n", "  ").replace("\\f", "  ").replace("\\u2122", "      ").replace("\n", " ")
+    t = t.replace('\\"', "``")
+    t = re.sub(r"\s+", " ", t)
+    t = " ".join(_WORDPUNCT.findall(t))
+    t = t.replace(").", ") .").replace("%.", "% .").replace(".'", ". '").replace("%,", "% ,").replace("%)", "% )")
+    return t.split()
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files
+def _is_model_dir(p: Path) -> bool:
+    return (p / "config.json").is_file() and (p / "weights.th").is_file() and (p / "vocabulary").is_dir()
+
+
+def _extract(archive: Path) -> Path:
+    key = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}".encode()
+                         ).hexdigest()[:16]
+    dest = user_cache_dir("mxr0") / "radgraph" / f"{archive.name.split('.')[0]}-{key}"
+    if _is_model_dir(dest):
+        return dest
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:*") as tar:
+        try:
+            tar.extractall(tmp, filter="data")
+        except TypeError:  # pragma: no cover - Python without tarfile filters
+            tar.extractall(tmp)  # noqa: S202
+    found = tmp if _is_model_dir(tmp) else next((d for d in tmp.rglob("*") if d.is_dir() and _is_model_dir(d)), None)
+    if found is None:
+        raise ValueError(f"{archive}: no config.json + weights.th + vocabulary/ inside the archive")
+    import shutil
+
+    if not dest.exists():
+        found.rename(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_radgraph_model(model: str | os.PathLike | None = None) -> Path:
+    """A RadGraph model folder (or MissingWeightsError). ``model`` is a folder, a ``.tar.gz``
+    archive, or a model type (radgraph, radgraph-xl, modern-radgraph-xl) looked up in
+    ``$MXR0_RADGRAPH_MODEL``, the radgraph package's cache and the Hugging Face cache."""
+    mtype = "radgraph-xl"
+    tried: list[str] = []
+    for src in (model, os.environ.get("MXR0_RADGRAPH_MODEL")):
+        if not src:
+            continue
+        if str(src) in MODEL_TYPES:
+            mtype = str(src)
+            continue
+        p = Path(src)
+        if p.is_file():
+            return _extract(p)
+        if _is_model_dir(p):
+            return p
+        for sub in (p / mtype, *(p / t for t in MODEL_TYPES)):
+            if _is_model_dir(sub):
+                return sub
+        tried.append(str(p))
+    base = user_cache_dir("radgraph")
+    if base.is_dir():
+        for d in sorted(base.glob(f"*/{mtype}")):
+            if _is_model_dir(d):
+                return d
+    tried.append(f"{base}/<version>/{mtype}")
+    hub = hf_cached_file(HUB_REPO, MODEL_TYPES[mtype])
+    if hub is not None:
+        return _extract(hub)
+    tried.append(f"the Hugging Face cache ({HUB_REPO}/{MODEL_TYPES[mtype]})")
+    raise MissingWeightsError("radgraph", (
+        f"RadGraph F1 needs the {mtype} model ({HUB_REPO}, file {MODEL_TYPES[mtype]}: config.json, weights.th, "
+        "vocabulary/) and the config + tokenizer of the transformer named in its config.json. Looked in: "
+        + "; ".join(tried) + ". Pass --radgraph-model PATH (the .tar.gz or its extracted folder) or set "
+        "MXR0_RADGRAPH_MODEL=PATH; put the transformer's config.json and tokenizer files in a 'transformer/' "
+        "folder beside weights.th (or have them in the Hugging Face cache). To fetch where there is internet: "
+        f"`hf download {HUB_REPO} {MODEL_TYPES[mtype]}`. Or pass --skip-missing to report the other metrics."))
+
+
+def _read_vocab(path: Path) -> list[str]:
+    lines = re.split(r"\n|\r\n", path.read_text(encoding="utf-8"))
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    return [ln.replace("@@NEWLINE@@", "\n") for ln in lines]
+
+
+def _transformer_source(model_dir: Path, name: str) -> str:
+    for cand in (model_dir / "transformer", model_dir / Path(name).name, Path(name),
+                 Path(os.environ["MXR0_RADGRAPH_TRANSFORMER"]) if os.environ.get("MXR0_RADGRAPH_TRANSFORMER") else None):
+        if cand is not None and (cand / "config.json").is_file():
+            return str(cand)
+    if hf_cached_file(name, "config.json") is not None:
+        return name
+    raise MissingWeightsError("radgraph", (
+        f"The RadGraph model in {model_dir} uses the transformer '{name}'; its config.json and tokenizer files "
+        f"are not here. Put them in {model_dir / 'transformer'} (or set MXR0_RADGRAPH_TRANSFORMER=DIR), or have "
+        f"'{name}' in the Hugging Face cache (`hf download {name} config.json vocab.txt tokenizer_config.json` "
+        "where there is internet). Or pass --skip-missing to report the other metrics."))
+
+
+# ---------------------------------------------------------------------------------------------
+def _build_modules(cfg: dict, transformer_config, n_ner: int, n_rel: int):
+    import torch
+    from torch import nn
+    from transformers import AutoModel
+
+    model_cfg = cfg["model"]
+    ff = model_cfg["feedforward_params"]
+    layers = int(ff["num_layers"])
+    hidden = ff["hidden_dims"]
+    hidden = list(hidden) if isinstance(hidden, list) else [int(hidden)] * layers
+
+    class FeedForward(nn.Module):  # allennlp FeedForward: Linear + ReLU on every layer (dropout off)
+        def __init__(self, d_in):
+            super().__init__()
+            dims = [d_in] + hidden
+            self._linear_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+        def forward(self, x):
+            for lin in self._linear_layers:
+                x = torch.relu(lin(x))
+            return x
+
+    class DyGIE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = AutoModel.from_config(transformer_config)
+            h = transformer_config.hidden_size
+            feat = int(model_cfg["feature_size"])
+            self.width = nn.Embedding(int(model_cfg["max_span_width"]), feat)
+            span = 2 * h + feat
+            self.ner_ff, self.ner_out = FeedForward(span), nn.Linear(hidden[-1], n_ner - 1)
+            self.prune_ff, self.prune_out = FeedForward(span), nn.Linear(hidden[-1], 1)
+            self.rel_ff, self.rel_out = FeedForward(3 * span), nn.Linear(hidden[-1], n_rel)
+
+    return DyGIE()
+
+
+def _official_key(ours: str, ner_ns: str, rel_ns: str) -> str:
+    head, _, rest = ours.partition(".")
+    return {"transformer": "_embedder.token_embedder_bert._matched_embedder.transformer_model.",
+            "width": "_endpoint_span_extractor._span_width_embedding.",
+            "ner_ff": f"_ner._ner_scorers.{ner_ns}.0._module.",
+            "ner_out": f"_ner._ner_scorers.{ner_ns}.1._module.",
+            "prune_ff": f"_relation._mention_pruners.{rel_ns}._scorer.0._module.",
+            "prune_out": f"_relation._mention_pruners.{rel_ns}._scorer.1._module.",
+            "rel_ff": f"_relation._relation_feedforwards.{rel_ns}.",
+            "rel_out": f"_relation._relation_scorers.{rel_ns}."}[head] + rest
+
+
+class RadGraph:
+    """RadGraph entity/relation extraction from an official model archive (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, cfg: dict, ner_labels: list[str], rel_labels: list[str],
+                 model_type: str, device: str = "cpu"):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.ner_labels, self.rel_labels = ner_labels, rel_labels
+        self.model_type, self.device = model_type, device
+        mc = cfg["model"]
+        self.max_span_width = int(mc["max_span_width"])
+        self.spans_per_word = float(mc["modules"]["relation"]["spans_per_word"])
+        tok_cfg = cfg.get("dataset_reader", {}).get("token_indexers", {}).get("bert", {})
+        emb_cfg = mc.get("embedder", {}).get("token_embedders", {}).get("bert", {})
+        self.max_length = emb_cfg.get("max_length", tok_cfg.get("max_length"))
+        # special tokens around one sequence, found the way allennlp does (encode a probe word)
+        plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+        full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        at = next(i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain)
+        self.prefix, self.suffix = full[:at], full[at + len(plain):]
+        self.n_start, self.n_end = len(self.prefix), len(self.suffix)
+        limit = getattr(model.transformer.config, "max_position_embeddings", 512)
+        self.segment_len = int(self.max_length) if self.max_length else int(limit)
+        self._wp_cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def load(cls, model: str | os.PathLike | None = None, device: str | None = None) -> "RadGraph":
+        import torch
+        from transformers import AutoConfig, AutoTokenizer
+
+        model_dir = resolve_radgraph_model(model)
+        cfg = json.loads((model_dir / "config.json").read_text())
+        vocab_dir = model_dir / "vocabulary"
+        ner_ns = sorted(p.stem for p in vocab_dir.glob("*__ner_labels.txt"))
+        rel_ns = sorted(p.stem for p in vocab_dir.glob("*__relation_labels.txt"))
+        if len(ner_ns) != 1 or len(rel_ns) != 1:
+            raise ValueError(f"{vocab_dir}: expected one *__ner_labels.txt and one *__relation_labels.txt, found "
+                             f"{ner_ns} and {rel_ns}")
+        model_type = ner_ns[0].split("__")[0]
+        ner_labels = _read_vocab(vocab_dir / f"{ner_ns[0]}.txt")
+        rel_labels = _read_vocab(vocab_dir / f"{rel_ns[0]}.txt")
+        if not ner_labels or ner_labels[0] != "":
+            raise ValueError(f"{vocab_dir}/{ner_ns[0]}.txt: the first NER label must be the empty null label")
+        mc = cfg["model"]
+        lw = mc.get("loss_weights", {})
+        if float(lw.get("coref", 0)) > 0 or float(lw.get("events", 0)) > 0 or \
+                float(mc.get("modules", {}).get("coref", {}).get("coref_prop", 0) or 0) > 0:
+            raise ValueError(f"{model_dir}: coreference/event modules are active in this model; only NER + "
+                             "relation models (all RadGraph releases) are supported")
+        name = mc["embedder"]["token_embedders"]["bert"]["model_name"]
+        src = _transformer_source(model_dir, name)
+        tcfg = AutoConfig.from_pretrained(src, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        net = _build_modules(cfg, tcfg, len(ner_labels), len(rel_labels))
+        state = torch.load(str(model_dir / "weights.th"), map_location="cpu", weights_only=True)
+        ours = {}
+        missing = []
+        for k in net.state_dict():
+            ok = _official_key(k, ner_ns[0], rel_ns[0])
+            if ok in state:
+                ours[k] = state[ok]
+            elif k.endswith("position_ids") or k.endswith("token_type_ids"):
+                ours[k] = net.state_dict()[k]  # buffers some transformers versions do not save
+            else:
+                missing.append(ok)
+        if missing:
+            raise ValueError(f"{model_dir / 'weights.th'}: missing {len(missing)} tensors, e.g. {missing[:5]}")
+        net.load_state_dict(ours, strict=True)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        net.to(device).eval()
+        return cls(net, tokenizer, cfg, ner_labels, rel_labels, model_type, device)
+
+    # -----------------------------------------------------------------------------------------
+    def _wordpieces(self, word: str) -> list[int]:
+        ids = self._wp_cache.get(word)
+        if ids is None:
+            ids = list(self.tokenizer(word, add_special_tokens=False)["input_ids"])
+            self._wp_cache[word] = ids
+        return ids
+
+    def _embed_words(self, docs: list[list[str]], batch_size: int):
+        """Word vectors of each document: the mean of its word pieces' vectors (mismatched embedder);
+        zeros for a word without word pieces. Long documents are folded into segments of
+        ``max_length`` as allennlp does; all segments of all documents go through the transformer in
+        length-sorted batches."""
+        import torch
+
+        eff = self.segment_len - self.n_start - self.n_end
+        seg_rows: list[list[int]] = []
+        piece_row: list[int] = []  # per word piece of every document: its segment row and column
+        piece_col: list[int] = []
+        piece_word: list[int] = []  # global word index
+        n_words = []
+        w_global = 0
+        for words in docs:
+            first = len(seg_rows)
+            wp: list[int] = []
+            for w in words:
+                ids = self._wordpieces(w)
+                for j in range(len(ids)):
+                    t = len(wp) + j
+                    piece_row.append(first + t // eff)
+                    piece_col.append(self.n_start + t % eff)
+                    piece_word.append(w_global)
+                wp.extend(ids)
+                w_global += 1
+            for i in range(0, max(len(wp), 1), eff):
+                seg_rows.append(self.prefix + wp[i:i + eff] + self.suffix)
+            n_words.append(len(words))
+        hidden = self.model.transformer.config.hidden_size
+        L = max(len(r) for r in seg_rows)
+        states = torch.zeros((len(seg_rows), L, hidden), device=self.device)
+        order = np.argsort([len(r) for r in seg_rows], kind="stable")
+        pad = self.tokenizer.pad_token_id or 0
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            Lb = max(len(seg_rows[i]) for i in idx)
+            x = torch.full((len(idx), Lb), pad, dtype=torch.long)
+            m = torch.zeros((len(idx), Lb), dtype=torch.long)
+            for r, i in enumerate(idx):
+                x[r, :len(seg_rows[i])] = torch.tensor(seg_rows[i])
+                m[r, :len(seg_rows[i])] = 1
+            h = self.model.transformer(input_ids=x.to(self.device), attention_mask=m.to(self.device))[0]
+            states[torch.as_tensor(idx, device=self.device), :Lb] = h.float()
+        sums = torch.zeros((w_global, hidden), device=self.device)
+        counts = torch.zeros((w_global, 1), device=self.device)
+        if piece_word:
+            pw = torch.tensor(piece_word, device=self.device)
+            vec = states[torch.tensor(piece_row, device=self.device), torch.tensor(piece_col, device=self.device)]
+            sums.index_add_(0, pw, vec)
+            counts.index_add_(0, pw, torch.ones((len(piece_word), 1), device=self.device))
+        wv = sums / counts.clamp_min(1)
+        return list(torch.split(wv, n_words))
+
+    def _scores(self, words: list[str], wv):
+        """One document: (spans, NER scores (spans, 1 + labels) with the null column first, indices of
+        the spans kept by the pruner (ascending), relation scores (kept, kept, 1 + labels))."""
+        import torch
+
+        L = len(words)
+        W = self.max_span_width
+        spans = [(s, e) for s in range(L) for e in range(s, min(s + W, L))]
+        if not spans:
+            return spans, None, [], None
+        st = torch.tensor([s for s, _ in spans], device=self.device)
+        en = torch.tensor([e for _, e in spans], device=self.device)
+        emb = torch.cat([wv[st], wv[en], self.model.width(en - st)], dim=-1)
+        ner = self.model.ner_out(self.model.ner_ff(emb))
+        ner = torch.cat([ner.new_zeros((ner.shape[0], 1)), ner], dim=-1)
+        mention = self.model.prune_out(self.model.prune_ff(emb)).squeeze(-1)
+        k = min(max(int(math.ceil(L * self.spans_per_word)), 1), len(spans))
+        top = torch.sort(torch.topk(mention, k).indices).values
+        te, ts = emb[top], mention[top]
+        kk = te.shape[0]
+        pair = torch.cat([te[:, None, :].expand(kk, kk, -1), te[None, :, :].expand(kk, kk, -1),
+                          te[:, None, :] * te[None, :, :]], dim=-1)
+        rel = self.model.rel_out(self.model.rel_ff(pair)) + ts[:, None, None] + ts[None, :, None]
+        rel = torch.cat([rel.new_zeros((kk, kk, 1)), rel], dim=-1)
+        return spans, ner, top.tolist(), rel
+
+    def _decode(self, words: list[str], wv) -> dict:
+        spans, ner, top, rel = self._scores(words, wv)
+        if ner is None:
+            return {"text": " ".join(words), "entities": {}, "data_source": None, "data_split": "inference"}
+        ner_lab = ner.argmax(-1).tolist()
+        rel_lab = (rel.argmax(-1) - 1).cpu().numpy()
+        top_spans = [spans[i] for i in top]
+        ner_list = [spans[i] for i, lab in enumerate(ner_lab) if lab != 0]
+        ner_label = [self.ner_labels[lab] for lab in ner_lab if lab != 0]
+        rels = [(top_spans[i], top_spans[j], self.rel_labels[rel_lab[i, j]])
+                for i, j in zip(*np.nonzero(rel_lab >= 0))]
+        first_entity: dict[tuple, int] = {}
+        for idx, (s, e) in enumerate(ner_list):
+            first_entity.setdefault((s, e), idx + 1)
+        by_subject: dict[tuple, list] = {}
+        for subj, obj, rl in rels:  # relation order as predicted (row-major over kept spans)
+            by_subject.setdefault(subj, []).append((obj, rl))
+        entities = {}
+        for idx, ((s, e), lab) in enumerate(zip(ner_list, ner_label)):
+            rel_out = [[rl, str(first_entity[obj])] for obj, rl in by_subject.get((s, e), ()) if obj in first_entity]
+            entities[str(idx + 1)] = {"tokens": " ".join(words[s:e + 1]), "label": lab, "start_ix": s,
+                                      "end_ix": e, "relations": rel_out}
+        return {"text": " ".join(words), "entities": entities, "data_source": None, "data_split": "inference"}
+
+    def annotate(self, texts: Sequence[str], batch_size: int = 16) -> list[dict]:
+        """RadGraph annotations of each text (empty text -> the package's "None" stand-in)."""
+        import torch
+
+        uniq = list(dict.fromkeys(texts))
+        docs = [preprocess_report(t if t else "None", self.model_type) for t in uniq]
+        out: dict[str, dict] = {}
+        with torch.inference_mode():
+            order = np.argsort([len(d) for d in docs], kind="stable")
+            for s in range(0, len(order), max(batch_size, 1)):
+                idx = order[s:s + batch_size]
+                vecs = self._embed_words([docs[i] for i in idx], batch_size)
+                for i, wv in zip(idx, vecs):
+                    out[uniq[i]] = self._decode(docs[i], wv)
+        return [out[t] for t in texts]
