@@ -39,3 +39,14 @@ def phantom_small(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("phantom_small")
     return Path(generate_phantom(out, n_studies=240, image_size=64, seed=0, workers=1, progress=False))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ViTs run fastest on one intra-op thread on a small shared CPU; restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

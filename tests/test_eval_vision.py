@@ -24,12 +24,7 @@ from mxr0.eval.vision.probe import (
 from mxr0.eval.vision.segmentation import dice_scores, predict_masks, train_seg_head
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

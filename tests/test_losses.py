@@ -17,12 +17,7 @@ from mxr0.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, sinkhorn_knopp
 K = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scores(seed: int, *shape: int, scale: float = 3.0) -> torch.Tensor:

@@ -29,13 +29,7 @@ TINY = REPO / "recipes" / "tiny" / "xr0_pretrain.yaml"
 PROD = REPO / "recipes" / "xr0_pretrain.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny ViT runs fastest on one intra-op thread on a small shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro_overrides(data_dir: Path, out: Path, **extra) -> list[str]:

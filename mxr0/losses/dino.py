@@ -60,12 +60,9 @@ def sinkhorn_knopp(scores: torch.Tensor, temp: float, n_iterations: int = 3, n_s
     return torch.exp(log_q + math.log(b)).t().to(scores.dtype if scores.is_floating_point() else torch.float32)
 
 
-class DINOLoss(nn.Module):
-    """Cross-entropy between the student's and the teacher's prototype distributions.
-
-    ``centering``: ``"centering"`` (EMA centre with ``center_momentum``) or ``"sinkhorn_knopp"``.
-    The centre is a buffer, so it is saved in checkpoints and exported with the heads.
-    """
+class TeacherCentering(nn.Module):
+    """Teacher targets shared by the DINO and iBOT losses: softmax of the centred teacher scores
+    (EMA centre over every rank, a buffer saved with the heads) or Sinkhorn-Knopp."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
                  centering: str = "centering", sinkhorn_iterations: int = 3):
@@ -103,6 +100,14 @@ class DINOLoss(nn.Module):
             return
         batch_center = (stats[:-1] / stats[-1]).unsqueeze(0)
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+class DINOLoss(TeacherCentering):
+    """Cross-entropy between the student's and the teacher's prototype distributions.
+
+    ``centering``: ``"centering"`` (EMA centre with ``center_momentum``) or ``"sinkhorn_knopp"``.
+    The centre is a buffer, so it is saved in checkpoints and exported with the heads.
+    """
 
     def forward(self, student_scores: torch.Tensor, teacher_targets: torch.Tensor, n_global: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,45 +15,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mxr0.losses._dist import all_reduce_
-from mxr0.losses.dino import sinkhorn_knopp
+from mxr0.losses.dino import TeacherCentering
 
 
-class IBOTPatchLoss(nn.Module):
+class IBOTPatchLoss(TeacherCentering):
     """Cross-entropy between student and teacher prototype distributions at masked patches."""
-
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: str = "centering", sinkhorn_iterations: int = 3):
-        super().__init__()
-        if centering not in ("centering", "sinkhorn_knopp"):
-            raise ValueError(f"centering must be 'centering' or 'sinkhorn_knopp', got {centering!r}")
-        self.student_temp = float(student_temp)
-        self.center_momentum = float(center_momentum)
-        self.centering = centering
-        self.sinkhorn_iterations = int(sinkhorn_iterations)
-        self.register_buffer("center", torch.zeros(1, out_dim))
-
-    @torch.no_grad()
-    def teacher_targets(self, teacher_scores: torch.Tensor, teacher_temp: float, update_center: bool = True) -> torch.Tensor:
-        """Targets [M, K] from the teacher's scores at the M masked patches of this rank."""
-        t = teacher_scores.float()
-        if self.centering == "sinkhorn_knopp":
-            return sinkhorn_knopp(t, teacher_temp, self.sinkhorn_iterations)
-        probs = F.softmax((t - self.center) / teacher_temp, dim=-1)
-        if update_center:
-            self.update_center(t)
-        return probs
-
-    @torch.no_grad()
-    def update_center(self, teacher_scores: torch.Tensor) -> None:
-        """EMA of the mean teacher score over every masked patch of every rank."""
-        t = teacher_scores.float()
-        stats = all_reduce_(torch.cat([t.sum(dim=0), t.new_tensor([float(t.shape[0])])]))
-        if stats[-1] <= 0 or not torch.isfinite(stats).all():
-            return
-        self.center.mul_(self.center_momentum).add_((stats[:-1] / stats[-1]).unsqueeze(0), alpha=1 - self.center_momentum)
 
     def forward(self, student_scores: torch.Tensor, teacher_targets: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``student_scores`` and ``teacher_targets`` [M, K] at the masked patches, in the order of
