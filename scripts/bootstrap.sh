@@ -11,18 +11,28 @@ MXR0_TORCH="${MXR0_TORCH:-torch==2.13.0}"
 MXR0_EXTRAS="${MXR0_EXTRAS:-dev}"
 PYTHON="${PYTHON:-python3}"
 
+# pip's output goes to a log (shown in full when an install fails), so the demo's output stays readable.
+_pip() {
+  local log="$MXR0_VENV/pip-install.log"
+  if ! "$MXR0_VENV/bin/python" -m pip "$@" >>"$log" 2>&1; then
+    echo "[mxr0] pip $* failed; its log ($log):" >&2
+    tail -n 60 "$log" >&2
+    return 1
+  fi
+}
+
 if [ ! -x "$MXR0_VENV/bin/python" ]; then
   echo "[mxr0] creating virtual environment in $MXR0_VENV"
   "$PYTHON" -m venv "$MXR0_VENV"
-  "$MXR0_VENV/bin/python" -m pip install -q --upgrade pip
+  _pip install -q --upgrade pip
 fi
 # Re-install only when pyproject.toml or the requested extras/torch changed.
 stamp="$MXR0_VENV/.mxr0-installed"
 want="$( (cat "$MXR0_ROOT/pyproject.toml"; echo "$MXR0_TORCH $MXR0_EXTRAS") | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[mxr0] installing $MXR0_TORCH first, then mxr0[$MXR0_EXTRAS] (a few minutes the first time)"
-  "$MXR0_VENV/bin/python" -m pip install -q "$MXR0_TORCH" 2> >(grep -v "is ignored: it is neither" >&2)
-  "$MXR0_VENV/bin/python" -m pip install -q -e "$MXR0_ROOT[$MXR0_EXTRAS]" 2> >(grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2)
+  _pip install -q "$MXR0_TORCH"
+  _pip install -q -e "$MXR0_ROOT[$MXR0_EXTRAS]"
   echo "$want" > "$stamp"
 fi
 export PATH="$MXR0_VENV/bin:$PATH"
