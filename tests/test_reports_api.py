@@ -18,7 +18,7 @@ PREDS = {f"s{i}": SAMPLE_REPORTS[(i + 3) % len(SAMPLE_REPORTS)] if i % 2 else t 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_thread_for_the_module():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

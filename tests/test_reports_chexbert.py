@@ -19,7 +19,7 @@ from mxr0.eval.reports.testing import SAMPLE_REPORTS, save_tiny_chexbert
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_thread_for_the_module():
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: thread start-up costs more than the work on a shared 2-core VM
     yield
@@ -151,3 +151,18 @@ def test_evaluate_reports_uncertain_convention_changes_the_numbers(tiny):
         assert f"uncertain counted as {unc}" in res["conventions"]["chexbert"]
     if (cls == 3).any():
         assert pos["metrics"] != neg["metrics"]
+
+
+def test_length_batches_bound_padding_and_cover_every_report():
+    from mxr0.eval.reports.batching import length_batches
+
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(5, 60, 300), rng.integers(100, 512, 20)])
+    batches = length_batches(lengths, 32, max_padding=0.1)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert max(len(b) for b in batches) == 32
+    for b in batches:
+        real = lengths[b].sum()
+        assert lengths[b].max() * len(b) <= 1.1 * real or len(b) == 1
+    fixed = length_batches(lengths, 7, sort=False)
+    assert [len(b) for b in fixed[:-1]] == [7] * (len(fixed) - 1) and fixed[0].tolist() == list(range(7))

@@ -70,7 +70,7 @@ F1_REF_V1 = (0.125, 0.125, 0.125)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def one_thread_for_the_module():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

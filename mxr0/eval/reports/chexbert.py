@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .batching import length_batches
 from .stats import AdditiveStats
 from .weights import MissingWeightsError, hf_cached_file, user_cache_dir
 
@@ -291,8 +292,11 @@ class CheXbert:
 
     def label(self, texts: Sequence[str], batch_size: int = 32, sort_by_length: bool = True,
               dedupe: bool = True) -> np.ndarray:
-        """Head classes (N, 14) int8 for the reports, batched; ``batch_size=1, sort_by_length=False,
-        dedupe=False`` is the f1chexbert way (one report per forward pass)."""
+        """Head classes (N, 14) int8 for the reports. Reports are sorted by length and grouped into
+        batches of at most ``batch_size`` with at most ~10% padded positions (see
+        :func:`~mxr0.eval.reports.batching.length_batches`); identical texts are labelled once.
+        ``batch_size=1, sort_by_length=False, dedupe=False`` is the f1chexbert way (one report per
+        forward pass, in input order)."""
         import torch
 
         if batch_size < 1:
@@ -304,12 +308,10 @@ class CheXbert:
         else:
             uniq, inverse = texts, np.arange(len(texts))
         ids = [encode_report(t, self.tokenizer) for t in uniq]
-        order = np.argsort([len(x) for x in ids], kind="stable") if sort_by_length else np.arange(len(ids))
         out = np.zeros((len(ids), len(CONDITIONS)), dtype=np.int8)
         pad = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for s in range(0, len(ids), batch_size):
-                idx = order[s:s + batch_size]
+            for idx in length_batches([len(x) for x in ids], batch_size, sort=sort_by_length):
                 L = max(len(ids[i]) for i in idx)
                 x = torch.full((len(idx), L), pad, dtype=torch.long)
                 mask = torch.zeros((len(idx), L), dtype=torch.float)

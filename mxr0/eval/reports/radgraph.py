@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .batching import length_batches
 from .stats import AdditiveStats
 from .weights import MissingWeightsError, hf_cached_file, user_cache_dir
 
@@ -384,10 +385,8 @@ class RadGraph:
         hidden = self.model.transformer.config.hidden_size
         L = max(len(r) for r in seg_rows)
         states = torch.zeros((len(seg_rows), L, hidden), device=self.device)
-        order = np.argsort([len(r) for r in seg_rows], kind="stable")
         pad = self.tokenizer.pad_token_id or 0
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+        for idx in length_batches([len(r) for r in seg_rows], batch_size):
             Lb = max(len(seg_rows[i]) for i in idx)
             x = torch.full((len(idx), Lb), pad, dtype=torch.long)
             m = torch.zeros((len(idx), Lb), dtype=torch.long)
