@@ -87,11 +87,10 @@ def make_accelerator(recipe: Recipe, run_dir: Path):
 
 
 def _build_loader(task: Task, dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int, drop_last: bool):
-    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle)
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=EpochSampler(len(dataset), seed, shuffle=shuffle),
         collate_fn=task.collate,
         num_workers=num_workers,
         drop_last=drop_last,
@@ -100,7 +99,6 @@ def _build_loader(task: Task, dataset, batch_size: int, seed: int, shuffle: bool
         # resumed run's RNG stream matches an uninterrupted run's.
         generator=torch.Generator().manual_seed(seed),
     )
-    return loader, sampler
 
 
 def evaluate(task: Task, model, loader, accelerator) -> dict[str, float]:
@@ -146,10 +144,10 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
     optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
-    train_loader, _ = _build_loader(task, train_ds, t.batch_size, t.seed, True, recipe.data.num_workers, True)
+    train_loader = _build_loader(task, train_ds, t.batch_size, t.seed, True, recipe.data.num_workers, True)
     eval_loader = None
     if eval_ds is not None and len(eval_ds) > 0:
-        eval_loader, _ = _build_loader(task, eval_ds, t.batch_size, t.seed, False, recipe.data.num_workers, False)
+        eval_loader = _build_loader(task, eval_ds, t.batch_size, t.seed, False, recipe.data.num_workers, False)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
@@ -177,7 +175,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
             if is_main:
                 tqdm.write(f"[mxr0] resumed from {ckpt} (step {state.step}/{total_steps})")
 
-    trackers = Trackers(run_dir, t.trackers, accelerator, config=recipe) if is_main else None
+    trackers = Trackers(run_dir, t.trackers, config=recipe) if is_main else None
     if is_main:
         n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
         tqdm.write(

@@ -19,7 +19,7 @@ KNOWN = ("jsonl", "tensorboard", "wandb")
 
 
 class Trackers:
-    def __init__(self, run_dir: Path, names: list[str], accelerator=None, config: Any = None):
+    def __init__(self, run_dir: Path, names: list[str], config: Any = None):
         unknown = [n for n in names if n not in KNOWN]
         if unknown:
             raise ConfigError(f"train.trackers: unknown tracker(s) {unknown}; valid: {list(KNOWN)}")
