@@ -7,6 +7,7 @@
     mxr0 eval classify --model runs/tiny-classify/export --data data_cache/phantom --split test
     mxr0 eval reports --pred preds.jsonl --ref refs.jsonl  CheXbert / RadGraph / NLG with bootstrap CIs
     mxr0 eval vision --model xr0=runs/xr0/export --random-baseline --data data_cache/phantom
+    mxr0 eval align --model runs/tiny-align/export --data data_cache/phantom --out runs/tiny-align/eval
     mxr0 config show RECIPE [overrides]         every field with its value and documentation
 """
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval_classify)
 
+    from mxr0.eval import align_cli
     from mxr0.eval.reports import cli as reports_cli
     from mxr0.eval.vision import cli as vision_cli
 
@@ -141,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                           description=vision_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     vision_cli.add_arguments(evs)
     evs.set_defaults(fn=vision_cli.run)
+
+    ea = esub.add_parser("align", help="dual encoder: retrieval R@K, zero-shot AUROC, phrase-grounding mIoU/CNR",
+                         description=align_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    align_cli.add_arguments(ea)
+    ea.set_defaults(fn=align_cli.run)
 
     c = sub.add_parser("config", help="show or dump a resolved recipe")
     c.add_argument("action", choices=["show", "dump"])

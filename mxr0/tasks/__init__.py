@@ -13,6 +13,7 @@ from mxr0.tasks.base import Task
 TASKS: dict[str, str] = {
     "classify": "mxr0.tasks.classify:ClassifyTask",
     "ssl": "mxr0.tasks.ssl:SSLTask",
+    "align": "mxr0.tasks.align:AlignTask",
 }
 """Task name → ``module:Class``."""
 

@@ -1,0 +1,389 @@
+"""mXR-0 alignment: contrastive image–report training of a dual encoder.
+
+The model is Hugging Face's ``VisionTextDualEncoderModel``: a DINOv2-family vision tower (our XR-0
+export, ``microsoft/rad-dino``, … or a new ViT from a config) and a BERT-like text tower (a Hub id such
+as ``microsoft/BiomedVLP-CXR-BERT-general``, or a tiny BERT from a config with a WordPiece tokenizer
+trained on the training reports), each with a linear projection. The loss (CLIP InfoNCE with a learnable
+temperature, or SigLIP) is computed on features gathered across ranks with gradient
+(`mxr0.losses.contrastive`), so N processes train exactly like one with the N-fold batch.
+
+Text augmentation: sentences of the chosen sections are sub-sampled and shuffled per sample and epoch;
+with ``texts_per_image > 1`` each image gets that many single-sentence positives (multi-positive
+InfoNCE). The export is a Hugging Face folder (model, tokenizer, image-processor config) plus
+``mxr0_align.json`` (loss, SigLIP bias, text settings, prompts); `mxr0 eval align` evaluates it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mxr0.config import ConfigError
+from mxr0.data.loading import load_split, select_image
+from mxr0.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AlignModelConfig:
+    """The two towers, the contrastive loss and the text pipeline."""
+
+    vision: str = ""
+    """Path or Hub id of a DINOv2-family encoder (XR-0 export, microsoft/rad-dino, …); empty builds a
+    new Dinov2WithRegisters ViT from ``vision_config``."""
+    vision_config: dict = field(default_factory=dict)
+    """Dinov2WithRegistersConfig arguments for a new vision tower (hidden_size, num_hidden_layers, …)."""
+    image_size: int = 224
+    """Input side for a new vision tower (a pretrained one uses its image-processor config)."""
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Normalisation mean for a new vision tower."""
+    image_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    """Normalisation std for a new vision tower."""
+    text: str = ""
+    """Path or Hub id of a BERT-like text encoder loadable with AutoModel (with a pooler), e.g.
+    microsoft/BiomedVLP-CXR-BERT-general; empty builds a new BERT from ``text_config``."""
+    text_config: dict = field(default_factory=dict)
+    """BertConfig arguments for a new text tower (hidden_size, num_hidden_layers, …)."""
+    tokenizer: str = ""
+    """Tokenizer path or Hub id; empty: the text tower's own, or (new text tower) a WordPiece tokenizer
+    trained on the training reports."""
+    tokenizer_vocab_size: int = 2000
+    """Vocabulary size of a tokenizer trained on the training reports."""
+    projection_dim: int = 512
+    """Width of the shared embedding space."""
+    loss: Literal["clip", "siglip"] = "clip"
+    """``clip``: symmetric InfoNCE with a learnable temperature; ``siglip``: pairwise sigmoid loss with a
+    learnable scale and bias."""
+    logit_scale_init: float | None = None
+    """Initial log inverse temperature; ``null``: log(1/0.07) for CLIP, log(10) for SigLIP."""
+    logit_bias_init: float = -10.0
+    """Initial SigLIP bias."""
+    local_loss: bool = True
+    """Score only this rank's rows against the gathered batch (memory O(b·N·b)); the mean over ranks
+    equals the full loss."""
+    gather_with_grad: bool = True
+    """Differentiable feature gather: N processes give exactly the one-process full-batch gradient.
+    ``false`` is cheaper and approximate (open_clip's default)."""
+    vision_unlocked_layers: int = -1
+    """Trainable last blocks of the vision tower (plus its final norm): -1 all, 0 frozen (LiT)."""
+    text_unlocked_layers: int = -1
+    """Trainable last blocks of the text tower (plus its pooler): -1 all, 0 frozen."""
+    text_sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
+    """Report sections that form the text (joined in this order)."""
+    max_text_length: int = 128
+    """Token limit; texts are truncated at min(this, the tokenizer's and the text tower's maximum)."""
+    sentence_keep: float = 1.0
+    """Share of a report's sentences kept in each training sample (at least one); 1 keeps all."""
+    shuffle_sentences: bool = True
+    """Shuffle sentence order in training samples."""
+    texts_per_image: int = 1
+    """Positives per image: 1 uses the (sampled) report; K > 1 uses K single sentences of the report
+    (multi-positive InfoNCE; with SigLIP every one is a positive pair)."""
+    patch_loss_weight: float = 0.0
+    """Weight of a second, token-level contrastive loss: an image–text score is a smooth maximum over
+    the projected patch tokens (multiple-instance learning). It makes patch tokens text-aligned, which
+    phrase grounding from similarity maps needs; the exported image embedding stays the CLS one. 0 disables it."""
+    patch_temperature: float = 0.1
+    """Sharpness τ of the smooth maximum over patches (τ·log-mean-exp of cosine/τ)."""
+    augment: bool = True
+    """Light image augmentation (crop jitter, gamma, contrast; never flips)."""
+    zero_shot_prompts: dict = field(default_factory=dict)
+    """Overrides of the zero-shot prompts: {observation: {positive: [...], negative: [...]}}."""
+
+
+class AlignDataset(torch.utils.data.Dataset):
+    """(image, report text) pairs: the first current image of an allowed view of each study with text.
+
+    Training items carry ``texts_per_image`` augmented texts; evaluation items the full text."""
+
+    def __init__(self, records, transform, sections, views=None, train=False, augment=False, sentence_keep=1.0,
+                 shuffle=True, texts_per_image=1, seed=0):
+        from mxr0.data.text import report_text, split_sentences
+
+        self.records, self.items = [], []
+        no_image = no_text = 0
+        for r in records:
+            k = select_image(r, views)
+            text = report_text(r, sections)
+            if k is None:
+                no_image += 1
+                continue
+            if not text:
+                no_text += 1
+                continue
+            self.records.append(r)
+            self.items.append((r["images"][k]["path"], k, text, split_sentences(text) or [text]))
+        if no_image:
+            log.warning("%d studies have no image of the allowed views %s and are left out", no_image, views)
+        if no_text:
+            log.warning("%d studies have empty %s sections and are left out", no_text, "/".join(sections))
+        self.transform, self.train, self.augment = transform, train, augment
+        self.keep, self.shuffle, self.k = sentence_keep, shuffle, texts_per_image
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def texts(self) -> list[str]:
+        return [it[2] for it in self.items]
+
+    @property
+    def image_index(self) -> list[int]:
+        return [it[1] for it in self.items]
+
+    def _texts(self, i: int) -> list[str]:
+        from mxr0.data.augment import sample_generator
+        from mxr0.data.text import sample_sentences
+
+        _, _, text, sents = self.items[i]
+        if not self.train:
+            return [text]
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=sample_generator(self.seed + 7, self.epoch, i))))
+        if self.k == 1:
+            return [sample_sentences(sents, rng, self.keep, self.shuffle)]
+        idx = rng.choice(len(sents), size=self.k, replace=len(sents) < self.k)
+        return [sents[j] for j in idx]
+
+    def __getitem__(self, i: int) -> dict:
+        from mxr0.data.augment import light_augment, sample_generator
+        from mxr0.data.xray import read_xray
+
+        path = self.items[i][0]
+        img = read_xray(path)
+        hw = torch.tensor(img.shape[:2])
+        if self.train and self.augment:
+            img = light_augment(img, generator=sample_generator(self.seed, self.epoch, i))
+        return {"pixel_values": self.transform(img), "texts": self._texts(i), "orig_hw": hw, "index": i}
+
+
+class TextCollator:
+    """Stacks images and tokenises the batch's texts (image-major), padding to the longest."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        texts = [t for it in items for t in it["texts"]]
+        tok = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {
+            "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            "input_ids": tok["input_ids"],
+            "attention_mask": tok["attention_mask"],
+            "orig_hw": torch.stack([it["orig_hw"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+        }
+
+
+def make_text_encoder(dual: nn.Module, tokenizer, max_length: int, batch_size: int = 64):
+    """Texts → L2-normalised embeddings (CPU float), batched, with the model in its current mode."""
+    from torch.nn import functional as F
+
+    from mxr0.models.dual_encoder import text_embeddings
+
+    device = next(dual.parameters()).device
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> torch.Tensor:
+        out = []
+        for s in range(0, len(texts), batch_size):
+            tok = tokenizer(list(texts[s:s + batch_size]), padding="longest", truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+            out.append(F.normalize(text_embeddings(dual, tok["input_ids"], tok["attention_mask"]).float(), dim=-1).cpu())
+        return torch.cat(out)
+
+    return encode
+
+
+class AlignTask(Task):
+    name = "align"
+    ModelConfig = AlignModelConfig
+    main_metric = "mean_r5"
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        from mxr0.data.text import REPORT_SECTIONS
+        from mxr0.eval.align import merged_prompts
+
+        c = self.cfg
+        bad = [s for s in c.text_sections if s not in REPORT_SECTIONS]
+        if bad or not c.text_sections:
+            raise ConfigError(f"model.text_sections: {c.text_sections} must be a non-empty list of {list(REPORT_SECTIONS)}")
+        if c.texts_per_image < 1:
+            raise ConfigError(f"model.texts_per_image={c.texts_per_image}: must be at least 1")
+        if not 0 < c.sentence_keep <= 1:
+            raise ConfigError(f"model.sentence_keep={c.sentence_keep}: must be in (0, 1]")
+        if not c.gather_with_grad and not c.local_loss:
+            raise ConfigError("model.gather_with_grad=false needs model.local_loss=true (without gradient through "
+                              "the gather, a full loss on every rank trains only on local pairs)")
+        try:
+            self.prompts = merged_prompts(c.zero_shot_prompts)
+        except ValueError as e:
+            raise ConfigError(f"model.zero_shot_prompts: {e}") from None
+        self._transform = None
+        self.tokenizer = None
+        self.max_length = c.max_text_length
+        from mxr0.losses.contrastive import ContrastiveLoss
+
+        self.loss = ContrastiveLoss(c.loss, local_loss=c.local_loss, gather_with_grad=c.gather_with_grad,
+                                    token_temperature=c.patch_temperature)
+        self.eval_ds: AlignDataset | None = None
+
+    @property
+    def transform(self):
+        from mxr0.data.transforms import ImageTransform
+
+        if self._transform is None:
+            c = self.cfg
+            self._transform = (ImageTransform.from_pretrained(c.vision) if c.vision else
+                               ImageTransform(size=c.image_size, mean=tuple(c.image_mean), std=tuple(c.image_std)))
+        return self._transform
+
+    # --- build ---------------------------------------------------------------------------------
+    def _build_tokenizer(self, train_records: list[dict]):
+        from mxr0.data.text import report_text, train_wordpiece_tokenizer
+
+        c = self.cfg
+        if c.tokenizer or c.text:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(c.tokenizer or c.text)
+        else:
+            texts = [report_text(r, c.text_sections) for r in train_records]
+            tok = train_wordpiece_tokenizer([t for t in texts if t], c.tokenizer_vocab_size, c.max_text_length)
+            log.info("trained a WordPiece tokenizer of %d tokens on %d training reports", len(tok), len(texts))
+        limit = getattr(tok, "model_max_length", None)
+        if limit and limit < 1_000_000:
+            self.max_length = min(self.max_length, int(limit))
+        return tok
+
+    def build_datasets(self):
+        d, c = self.recipe.data, self.cfg
+        train_recs = load_split(d, d.train_split, d.max_train_studies)
+        eval_recs = load_split(d, d.eval_split, d.max_eval_studies)
+        self.tokenizer = self._build_tokenizer(train_recs)
+        train = AlignDataset(train_recs, self.transform, c.text_sections, d.views, train=True, augment=c.augment,
+                             sentence_keep=c.sentence_keep, shuffle=c.shuffle_sentences, texts_per_image=c.texts_per_image,
+                             seed=self.recipe.train.seed)
+        self.eval_ds = AlignDataset(eval_recs, self.transform, c.text_sections, d.views)
+        self.collate = TextCollator(self.tokenizer, self.max_length)
+        return train, self.eval_ds
+
+    def build_model(self) -> nn.Module:
+        from mxr0.models.dual_encoder import AlignModel, build_dual_encoder, default_logit_scale, set_unlocked
+        from mxr0.models.encoder import load_encoder, new_encoder
+
+        c = self.cfg
+        if self.tokenizer is None:
+            raise RuntimeError("build_datasets must run before build_model (the tokenizer sizes the text tower)")
+        try:
+            vision = load_encoder(c.vision) if c.vision else new_encoder(c.image_size, **c.vision_config)
+        except TypeError as e:
+            raise ConfigError(f"model.vision_config: {e}") from e
+        if c.text:
+            from transformers import AutoModel
+
+            text = AutoModel.from_pretrained(c.text)
+        else:
+            from transformers import BertConfig, BertModel
+
+            try:
+                cfg = BertConfig(vocab_size=len(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
+                                 **{"max_position_embeddings": max(self.max_length, 64), **c.text_config})
+            except TypeError as e:
+                raise ConfigError(f"model.text_config: {e}") from e
+            text = BertModel(cfg)
+        max_pos = getattr(text.config, "max_position_embeddings", None)
+        if max_pos:
+            self.max_length = min(self.max_length, int(max_pos))
+            self.collate = TextCollator(self.tokenizer, self.max_length)
+        if len(self.tokenizer) > text.config.vocab_size:
+            raise ConfigError(f"the tokenizer has {len(self.tokenizer)} tokens but the text tower's vocabulary has "
+                              f"{text.config.vocab_size}; use the tower's own tokenizer (model.tokenizer)")
+        scale = c.logit_scale_init if c.logit_scale_init is not None else default_logit_scale(c.loss)
+        dual = build_dual_encoder(vision, text, c.projection_dim, scale)
+        nv = set_unlocked(dual.vision_model, c.vision_unlocked_layers, ("layernorm",))
+        nt = set_unlocked(dual.text_model, c.text_unlocked_layers, ("pooler",))
+        log.info("trainable: vision tower %.2fM, text tower %.2fM parameters", nv / 1e6, nt / 1e6)
+        return AlignModel(dual, siglip_bias=c.logit_bias_init if c.loss == "siglip" else None)
+
+    # --- train ---------------------------------------------------------------------------------
+    def training_step(self, model, batch):
+        w = self.cfg.patch_loss_weight
+        out = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    with_patches=w > 0)
+        losses = self.loss(out["image_embeds"], out["text_embeds"], out["logit_scale"], out.get("logit_bias"))
+        if w > 0:
+            local = self.loss(out["patch_embeds"], out["text_embeds"], out["logit_scale"], out.get("logit_bias"))
+            losses["loss_global"] = losses["loss"].detach()
+            losses["loss_patch"] = local["loss"].detach()
+            losses["loss"] = losses["loss"] + w * local["loss"]
+        losses["logit_scale"] = out["logit_scale"].detach().float().exp()
+        return losses
+
+    # --- evaluate ------------------------------------------------------------------------------
+    def evaluate(self, model, loader, accelerator):
+        from mxr0.eval.align import alignment_metrics
+
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "text", "patch", "index", "hw")}
+        for batch in loader:
+            out = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"], with_patches=True)
+            g = accelerator.gather_for_metrics((out["image_embeds"], out["text_embeds"], out["patch_embeds"],
+                                                batch["index"], batch["orig_hw"]))
+            for k, v in zip(parts, g):
+                parts[k].append(v.cpu())
+        cat = {k: torch.cat(v) for k, v in parts.items()}
+        order = torch.argsort(cat["index"])
+        cat = {k: v[order] for k, v in cat.items()}
+        dual = accelerator.unwrap_model(model).dual
+        ds = self.eval_ds
+        p = self.transform.size // int(np.ravel(dual.vision_model.config.patch_size)[0])
+        metrics, _ = alignment_metrics(
+            cat["image"], cat["text"], cat["patch"], (p, p), self.transform.size, ds.records, ds.texts, ds.image_index,
+            cat["hw"].numpy(), self.transform, make_text_encoder(dual, self.tokenizer, self.max_length),
+            float(dual.logit_scale.detach()), self.prompts)
+        return metrics
+
+    # --- export --------------------------------------------------------------------------------
+    def export(self, model, out_dir: Path, accelerator):
+        if not accelerator.is_main_process:
+            return
+        save_align_export(model, self.tokenizer, self.transform, Path(out_dir), {
+            "loss": self.cfg.loss, "text_sections": list(self.cfg.text_sections), "max_text_length": self.max_length,
+            "zero_shot_prompts": self.cfg.zero_shot_prompts,
+        })
+
+
+def save_align_export(model: nn.Module, tokenizer, transform, out_dir: Path, settings: dict) -> None:
+    """The dual encoder, tokenizer, image processor (as a ``VisionTextDualEncoderProcessor``) and
+    ``mxr0_align.json``, all loadable without mxr0."""
+    import transformers
+    from transformers import VisionTextDualEncoderProcessor
+
+    # the PIL backend (saved as the same BitImageProcessor type) needs no torchvision
+    BitImageProcessor = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.dual.save_pretrained(out_dir, safe_serialization=True)
+    image_processor = BitImageProcessor(**{k: v for k, v in transform.to_processor_config().items()
+                                           if k not in ("image_processor_type", "processor_class")})
+    VisionTextDualEncoderProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
+    # our exact transform (resize / crop / normalisation), which AutoImageProcessor also reads
+    cfg_path = out_dir / "preprocessor_config.json"
+    if not cfg_path.exists():
+        cfg_path.write_text(json.dumps(transform.to_processor_config(), indent=2))
+    bias = model.logit_bias
+    settings = {**settings, "logit_bias": None if bias is None else float(bias.detach())}
+    (out_dir / "mxr0_align.json").write_text(json.dumps(settings, indent=2))
