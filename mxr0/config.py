@@ -134,7 +134,7 @@ class Recipe:
     """A whole training recipe."""
 
     task: str = "classify"
-    """Which task trains: one of ``mxr0.tasks.TASKS`` (``classify``)."""
+    """Which task trains: one of ``mxr0.tasks.TASKS`` (``classify``, ``ssl``, ``align``)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Records and their filtering."""
     model: Any = None
