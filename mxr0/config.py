@@ -73,6 +73,9 @@ class DataConfig:
     """Cap on evaluation studies."""
     num_workers: int = 0
     """DataLoader worker processes per rank (0 = load in the main process)."""
+    max_bad_samples: int = 20
+    """Unreadable training samples (corrupt or missing images) that are skipped, counted and named in the
+    run folder's ``bad_samples.txt`` before the run stops with an error; 0 tolerates none."""
 
 
 @dataclass

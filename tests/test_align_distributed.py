@@ -55,7 +55,7 @@ def test_gradients_equal_full_batch_gradients(runs):
             continue
         assert set(ref["grads"]) == set(r0["grads"]), _name(ref)
         for n, g in ref["grads"].items():
-            torch.testing.assert_close(r0["grads"][n], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{_name(ref)} {n}: {m}")
+            torch.testing.assert_close(r0["grads"][n], g, rtol=1e-3, atol=1e-5, msg=lambda m: f"{_name(ref)} {n}: {m}")
             torch.testing.assert_close(r1["grads"][n], r0["grads"][n], rtol=0, atol=0)  # ranks in sync
 
 

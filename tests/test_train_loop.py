@@ -196,3 +196,69 @@ def test_two_cpu_processes_train_and_resume(phantom_small, tmp_path):
     subprocess.run([*base, *over, "train.max_steps=8", "--resume"], env=env, check=True, capture_output=True)
     second = json.loads((out / "results.json").read_text())
     assert second["num_processes"] == 2 and second["state"]["step"] == 8
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(phantom_small, tmp_path):
+    """Schedulers send SIGTERM before killing: the run saves at the step boundary, exits 0, and resumes."""
+    run = tmp_path / "term"
+    args = [sys.executable, "-m", "mxr0", "train", str(TINY),
+            *tiny_overrides(phantom_small.parent, run, **{"train.max_steps": 400, "train.save_every": 0,
+                                                          "train.log_every": 1, "train.eval_every": 0})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "stopped by a signal" in out
+    done = list_checkpoints(run / "checkpoints")
+    assert len(done) == 1 and 3 <= int(done[0].name.split("-")[1]) < 400
+    assert not (run / "export").exists()
+    # the resumed run continues from that step
+    resumed = train(load_recipe(TINY, tiny_overrides(phantom_small.parent, run, **{
+        "train.max_steps": int(done[0].name.split("-")[1]) + 2, "train.save_every": 0})), resume="latest")
+    assert resumed["state"]["step"] == int(done[0].name.split("-")[1]) + 2 and not resumed["interrupted"]
+
+
+def _copy_with_broken_images(src: Path, dst: Path, n_broken: int) -> list[str]:
+    import shutil
+
+    from mxr0.data.records import read_records
+
+    shutil.copytree(src, dst)
+    recs = [r for r in read_records(dst, splits=["train"]) if r["anatomy"] == "chest"]
+    broken = []
+    for r in recs[:n_broken]:
+        for im in r["images"]:
+            Path(im["path"]).write_bytes(b"not an image at all")
+            broken.append(Path(im["path"]).name)
+    return broken
+
+
+def test_unreadable_samples_are_skipped_counted_and_named(phantom_small, tmp_path):
+    data = tmp_path / "data"
+    broken = _copy_with_broken_images(phantom_small.parent, data, 2)
+    run = tmp_path / "run"
+    result = train(load_recipe(TINY, tiny_overrides(data, run, **{
+        "data.max_bad_samples": 100, "train.max_steps": 12, "data.anatomies": "[chest]"})))
+    assert result["state"]["bad_samples"] >= 2
+    listed = (run / "bad_samples.txt").read_text()
+    assert any(name in listed for name in broken), listed
+
+
+def test_too_many_unreadable_samples_stop_the_run_with_the_file_named(phantom_small, tmp_path):
+    from mxr0.train.faults import TooManyBadSamplesError
+
+    data = tmp_path / "data"
+    broken = _copy_with_broken_images(phantom_small.parent, data, 3)
+    run = tmp_path / "run"
+    with pytest.raises(TooManyBadSamplesError, match="data.max_bad_samples=0"):
+        train(load_recipe(TINY, tiny_overrides(data, run, **{
+            "data.max_bad_samples": 0, "train.max_steps": 12, "data.anatomies": "[chest]"})))
+    assert any(name in (run / "bad_samples.txt").read_text() for name in broken)

@@ -41,6 +41,8 @@ class TrainState:
     """Consecutive optimiser steps skipped for a non-finite loss."""
     skipped_steps: int = 0
     """Steps skipped for a non-finite loss in the whole run."""
+    bad_samples: int = 0
+    """Unreadable training samples skipped so far, all processes together."""
 
 
 def _fsync_tree(path: Path) -> None:

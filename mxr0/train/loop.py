@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from mxr0.config import ConfigError, Recipe, write_recipe
 from mxr0.tasks import Task, get_task_class
+from mxr0.train.faults import GuardedCollate, GuardedDataset, StopRequest, TooManyBadSamplesError
 from mxr0.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from mxr0.train.schedules import warmup_cosine
 from mxr0.train.trackers import Trackers
@@ -86,12 +87,12 @@ def make_accelerator(recipe: Recipe, run_dir: Path):
     )
 
 
-def _build_loader(task: Task, dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int, drop_last: bool):
+def _build_loader(collate, dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int, drop_last: bool):
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=EpochSampler(len(dataset), seed, shuffle=shuffle),
-        collate_fn=task.collate,
+        collate_fn=collate,
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=False,
@@ -144,10 +145,12 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
     optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
-    train_loader = _build_loader(task, train_ds, t.batch_size, t.seed, True, recipe.data.num_workers, True)
+    # training batches come as (batch, skipped unreadable samples); evaluation data must be readable
+    train_loader = _build_loader(GuardedCollate(task.collate), GuardedDataset(train_ds), t.batch_size, t.seed, True,
+                                 recipe.data.num_workers, True)
     eval_loader = None
     if eval_ds is not None and len(eval_ds) > 0:
-        eval_loader = _build_loader(task, eval_ds, t.batch_size, t.seed, False, recipe.data.num_workers, False)
+        eval_loader = _build_loader(task.collate, eval_ds, t.batch_size, t.seed, False, recipe.data.num_workers, False)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
@@ -188,6 +191,9 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
                dynamic_ncols=True, mininterval=1.0)
 
     last_eval: dict[str, float] = {}
+    stop = StopRequest().install()
+    pending_bad = 0
+    interrupted = False
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
     window_ok = True
@@ -199,9 +205,12 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         # loader made on resume); setting it on the sampler alone would be overwritten.
         train_loader.set_epoch(state.epoch)
         it = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
-        for batch in it:
+        for batch, skipped in it:
             if state.batch_in_epoch >= micro_per_epoch or state.step >= total_steps:
                 break
+            if skipped:
+                pending_bad += len(skipped)
+                _record_bad_samples(run_dir, accelerator.process_index, state.step, skipped)
             for g in optimizer.param_groups:
                 g["lr"] = float(lr_at[state.step]) * g.get("lr_scale", 1.0)
                 g["weight_decay"] = float(wd_at[state.step]) * g.get("wd_scale", 1.0)
@@ -231,6 +240,21 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
                 continue
 
             # --- one optimiser step is done ------------------------------------------------
+            # unreadable samples and stop requests, agreed by every rank so that all act together
+            flags = torch.tensor([float(pending_bad), float(stop.requested)], device=accelerator.device)
+            if accelerator.num_processes > 1:
+                flags = accelerator.reduce(flags, reduction="sum")
+            pending_bad = 0
+            state.bad_samples += int(flags[0].item())
+            if state.bad_samples > recipe.data.max_bad_samples:
+                bar.close()
+                stop.restore()
+                raise TooManyBadSamplesError(
+                    f"{state.bad_samples} unreadable training samples, more than data.max_bad_samples="
+                    f"{recipe.data.max_bad_samples}; they are listed in {run_dir / 'bad_samples.txt'}. Fix or drop "
+                    f"those records, or raise the budget, then resume with --resume (last checkpoint in "
+                    f"{run_dir / 'checkpoints'})."
+                )
             if window_ok:
                 state.nonfinite_streak = 0
                 task.on_step_end(model, state.step, accelerator)
@@ -279,12 +303,27 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
 
             if t.save_every and state.step % t.save_every == 0 and state.step < total_steps:
                 save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last)
+            if flags[1].item() > 0 and state.step < total_steps:
+                interrupted = True
+                break
+        if interrupted:
+            break
         if state.batch_in_epoch >= micro_per_epoch:
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
+    stop.restore()
 
     ckpt = save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last)
+    if interrupted:
+        if is_main:
+            tqdm.write(f"[mxr0] stopped by a signal at step {state.step}/{total_steps}; checkpoint {ckpt}. "
+                       f"Continue with: mxr0 train <recipe> --resume")
+            trackers.close()
+        accelerator.end_training()
+        return {"metrics": {}, "run_dir": str(run_dir), "export_dir": None, "checkpoint": str(ckpt),
+                "state": asdict(state), "main_metric": task.main_metric, "num_processes": accelerator.num_processes,
+                "interrupted": True}
     if eval_loader is not None:
         last_eval = evaluate(task, model, eval_loader, accelerator)
     export_dir = run_dir / "export"
@@ -292,7 +331,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     task.export(accelerator.unwrap_model(model), export_dir, accelerator)
     accelerator.wait_for_everyone()
     result = {"metrics": last_eval, "run_dir": str(run_dir), "export_dir": str(export_dir), "checkpoint": str(ckpt),
-              "state": asdict(state), "main_metric": task.main_metric, "num_processes": accelerator.num_processes}
+              "state": asdict(state), "main_metric": task.main_metric, "num_processes": accelerator.num_processes,
+              "interrupted": False}
     if is_main:
         trackers.log({f"eval/{k}": v for k, v in last_eval.items()}, state.step)
         trackers.write_results(result)
@@ -300,6 +340,13 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         tqdm.write(f"[mxr0] done: step {state.step}, eval: {_fmt(last_eval)}; model in {export_dir}")
     accelerator.end_training()
     return result
+
+
+def _record_bad_samples(run_dir: Path, rank: int, step: int, skipped: list[str]) -> None:
+    """Append skipped samples to the run folder's ``bad_samples.txt`` (one line each, any rank)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "bad_samples.txt", "a") as f:
+        f.writelines(f"step {step} rank {rank} {msg}\n" for msg in skipped)
 
 
 def _batch_size(batch: Any) -> int:
