@@ -2,12 +2,17 @@
 
     mxr0 demo                                   phantom data → tiny classifier → results table
     mxr0 prepare phantom --out data_cache/phantom --preview grid.png
+    mxr0 prepare mimic-cxr --root /data/mimic-cxr-jpg/2.0.0 --out data_cache/mimic-cxr
+                                                (also iu-xray, chexpert, dicom-folder --table studies.csv)
     mxr0 train recipes/tiny/classify.yaml train.lr=5e-4 [--resume [latest|PATH]]
     accelerate launch -m mxr0 train RECIPE ...  (several processes / GPUs)
     mxr0 eval classify --model runs/tiny-classify/export --data data_cache/phantom --split test
     mxr0 eval reports --pred preds.jsonl --ref refs.jsonl  CheXbert / RadGraph / NLG with bootstrap CIs
     mxr0 eval vision --model xr0=runs/xr0/export --random-baseline --data data_cache/phantom
     mxr0 eval align --model runs/tiny-align/export --data data_cache/phantom --out runs/tiny-align/eval
+    mxr0 generate --model runs/tiny-report/export --data data_cache/phantom --split test --out preds.jsonl
+    mxr0 generate --model runs/tiny-report/export --image frontal.dcm --image lateral.dcm --indication "Cough."
+    mxr0 export runs/tiny-report --checkpoint latest        a checkpoint as a merged Hugging Face folder
     mxr0 config show RECIPE [overrides]         every field with its value and documentation
 """
 
@@ -30,18 +35,55 @@ def _setup_logging(verbose: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------
 def cmd_prepare(args) -> int:
-    if args.source != "phantom":
-        print(f"mxr0 prepare: unknown source {args.source!r}; available: phantom", file=sys.stderr)
+    from mxr0.data.sources import SOURCES
+
+    if args.source != "phantom" and args.source not in SOURCES:
+        print(f"mxr0 prepare: unknown source {args.source!r}; available: phantom, {', '.join(SOURCES)}",
+              file=sys.stderr)
         return 2
+    out = args.out or f"data_cache/{args.source}"
+    if args.source != "phantom":
+        return _prepare_source(args, out)
     from mxr0.data.phantom import generate_phantom, preview_grid
 
     t0 = time.perf_counter()
-    path = generate_phantom(args.out, n_studies=args.n, image_size=args.size, seed=args.seed,
+    path = generate_phantom(out, n_studies=args.n, image_size=args.size, seed=args.seed,
                             overwrite=args.overwrite, progress=True)
     print(f"[mxr0] phantom records: {path} ({time.perf_counter() - t0:.1f} s)")
     if args.preview:
         preview_grid(path, args.preview)
         print(f"[mxr0] preview: {args.preview}")
+    return 0
+
+
+def _prepare_source(args, out: str) -> int:
+    """``mxr0 prepare iu-xray|mimic-cxr|chexpert|dicom-folder``: run the source's converter."""
+    from mxr0.data.sources import SourceError, convert
+
+    if not args.root:
+        print(f"mxr0 prepare {args.source}: --root (the dataset folder) is required", file=sys.stderr)
+        return 2
+    opts: dict = {"fmt": args.format, "show_progress": True}
+    if args.source == "iu-xray":
+        opts.update(images=args.images, report_only=args.report_only, unsplit=args.unsplit)
+    elif args.source == "mimic-cxr":
+        opts.update(reports=args.reports, labeler=None if args.labeler == "none" else args.labeler,
+                    check_images=not args.no_check_images)
+    elif args.source == "chexpert":
+        opts.update(check_images=not args.no_check_images)
+    elif args.source == "dicom-folder":
+        if not args.table:
+            print("mxr0 prepare dicom-folder: --table (the CSV of studies) is required", file=sys.stderr)
+            return 2
+        opts.update(table=args.table, key=args.key, path_column=args.path_column, study_id=args.study_id,
+                    salt=args.salt)
+    t0 = time.perf_counter()
+    try:
+        path = convert(args.source, args.root, out, **opts)
+    except (SourceError, FileNotFoundError, ValueError) as e:
+        print(f"mxr0 prepare {args.source}: {e}", file=sys.stderr)
+        return 1
+    print(f"[mxr0] {args.source} records: {path} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -74,6 +116,44 @@ def cmd_eval_classify(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from mxr0.generate import generate_split, generate_study
+
+    if args.image:
+        if args.data:
+            print("mxr0 generate: give either --image (one study) or --data (a split), not both", file=sys.stderr)
+            return 2
+        text = generate_study(args.model, args.image, views=args.view or None, indication=args.indication,
+                              technique=args.technique, comparison=args.comparison, stream=True,
+                              max_new_tokens=args.max_new_tokens)
+        if not text:
+            print("(empty report)")
+        return 0
+    if not (args.data and args.out):
+        print("mxr0 generate: --data and --out are needed for a split (or --image for one study)", file=sys.stderr)
+        return 2
+    from mxr0.data.records import read_records
+
+    records = read_records(args.data, splits=[args.split])
+    if args.anatomies:
+        records = [r for r in records if r["anatomy"] in args.anatomies]
+    if args.limit:
+        records = records[: args.limit]
+    out = generate_split(args.model, records, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                         num_beams=args.num_beams, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
+                         seed=args.seed)
+    print(f"[mxr0] predictions: {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mxr0.train.export import export_checkpoint
+
+    out = export_checkpoint(args.run_dir, checkpoint=args.checkpoint, out_dir=args.out)
+    print(f"[mxr0] exported {out}")
+    return 0
+
+
 def cmd_config(args) -> int:
     from mxr0.config import describe, dump_recipe, load_recipe
 
@@ -103,13 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     pr = sub.add_parser("prepare", help="convert a source into canonical study records")
-    pr.add_argument("source", help="phantom")
-    pr.add_argument("--out", default="data_cache/phantom")
-    pr.add_argument("--n", type=int, default=2000, help="studies to draw")
-    pr.add_argument("--size", type=int, default=128, help="image side in pixels")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--overwrite", action="store_true", help="draw again even if the same set exists")
-    pr.add_argument("--preview", help="write a contact sheet PNG with boxes drawn")
+    pr.add_argument("source", help="phantom, iu-xray, mimic-cxr, chexpert or dicom-folder")
+    pr.add_argument("--out", default=None, help="output folder (default data_cache/<source>)")
+    pr.add_argument("--n", type=int, default=2000, help="phantom: studies to draw")
+    pr.add_argument("--size", type=int, default=128, help="phantom: image side in pixels")
+    pr.add_argument("--seed", type=int, default=0, help="phantom: random seed")
+    pr.add_argument("--overwrite", action="store_true", help="phantom: draw again even if the same set exists")
+    pr.add_argument("--preview", help="phantom: write a contact sheet PNG with boxes drawn")
+    pr.add_argument("--root", help="the source's dataset folder (all sources but phantom)")
+    pr.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="records file format")
+    pr.add_argument("--images", help="iu-xray: folder of the PNG images (default ROOT/images)")
+    pr.add_argument("--report-only", action="store_true",
+                    help="iu-xray: write studies whose images are missing, with no images")
+    pr.add_argument("--unsplit", choices=["skip", "train"], default="skip",
+                    help="iu-xray: studies outside the R2Gen split are skipped or put in train")
+    pr.add_argument("--reports", help="mimic-cxr: the mimic-cxr-reports folder (default ROOT/mimic-cxr-reports)")
+    pr.add_argument("--labeler", choices=["chexpert", "negbio", "none"], default="chexpert",
+                    help="mimic-cxr: which label table to read")
+    pr.add_argument("--no-check-images", action="store_true",
+                    help="mimic-cxr, chexpert: do not check that every image file exists")
+    pr.add_argument("--table", help="dicom-folder: CSV with a study key and label or report columns")
+    pr.add_argument("--key", help="dicom-folder: study key column (default StudyInstanceUID / study_id / study)")
+    pr.add_argument("--path-column", help="dicom-folder: column of DICOM paths relative to ROOT")
+    pr.add_argument("--study-id", choices=["hash", "key"], default="hash",
+                    help="dicom-folder: study_id is a hash of the key (default) or the key as given")
+    pr.add_argument("--salt", default="", help="dicom-folder: secret salt for the hashed study ids")
     pr.set_defaults(fn=cmd_prepare)
 
     t = sub.add_parser("train", help="train a recipe (use `accelerate launch -m mxr0 train` for several processes)")
@@ -148,6 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
                          description=align_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     align_cli.add_arguments(ea)
     ea.set_defaults(fn=align_cli.run)
+
+    g = sub.add_parser("generate", help="write reports with an exported VLM: one study (streamed) or a split (JSONL)")
+    g.add_argument("--model", required=True, help="export folder of a report-generation run")
+    g.add_argument("--image", action="append", default=[], help="an image of the study (PNG / JPEG / DICOM); repeat")
+    g.add_argument("--view", action="append", default=[], help="view of each --image (PA, AP, LATERAL); default PA then LATERAL")
+    g.add_argument("--indication", default="")
+    g.add_argument("--technique", default="")
+    g.add_argument("--comparison", default="")
+    g.add_argument("--data", help="records file or folder (a split is generated)")
+    g.add_argument("--split", default="test")
+    g.add_argument("--anatomies", nargs="*", default=["chest"])
+    g.add_argument("--limit", type=int, default=0, help="first N studies only")
+    g.add_argument("--out", help="predictions JSONL (resumes: studies already there are skipped)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy / beam search")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(fn=cmd_generate)
+
+    x = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face folder (LoRA merged)")
+    x.add_argument("run_dir", help="a training run folder (holds recipe.yaml and checkpoints/)")
+    x.add_argument("--checkpoint", default="latest", help="checkpoint folder or 'latest'")
+    x.add_argument("--out", default=None, help="output folder (default RUN_DIR/export-step-N)")
+    x.add_argument("--merge", action="store_true", default=True,
+                   help="merge LoRA adapters into the weights (always done; the adapter is kept in adapter/)")
+    x.set_defaults(fn=cmd_export)
 
     c = sub.add_parser("config", help="show or dump a resolved recipe")
     c.add_argument("action", choices=["show", "dump"])

@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "classify": "mxr0.tasks.classify:ClassifyTask",
     "ssl": "mxr0.tasks.ssl:SSLTask",
     "align": "mxr0.tasks.align:AlignTask",
+    "report": "mxr0.tasks.report:ReportTask",
 }
 """Task name → ``module:Class``."""
 

@@ -66,6 +66,11 @@ class Task:
     def collate(self, items: list[Any]) -> Any:
         return torch.utils.data.default_collate(items)
 
+    def sampler(self, dataset: torch.utils.data.Dataset, batch_size: int, seed: int) -> torch.utils.data.Sampler | None:
+        """The training order (a sampler with ``set_epoch`` whose order depends only on seed and epoch,
+        for exact resume), or None for the loop's seeded shuffle. E.g. length-grouped batches."""
+        return None
+
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Optimiser parameter groups. Optional keys ``lr_scale`` / ``wd_scale`` multiply the
         scheduled learning rate / weight decay each step (layer-wise decay, no-decay groups)."""

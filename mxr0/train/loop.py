@@ -28,6 +28,17 @@ from mxr0.train.trackers import Trackers
 log = logging.getLogger("mxr0.train")
 
 
+class _DropTiedWeightNotice(logging.Filter):
+    """accelerate warns at every save that it dropped a tied tensor (lm_head = embeddings) from the file;
+    loading re-ties it (tested), so the notice is noise in our logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_DropTiedWeightNotice())
+
+
 class NonFiniteLossError(RuntimeError):
     """Training stopped after too many consecutive non-finite losses."""
 
@@ -87,11 +98,12 @@ def make_accelerator(recipe: Recipe, run_dir: Path):
     )
 
 
-def _build_loader(collate, dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int, drop_last: bool):
+def _build_loader(collate, dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int, drop_last: bool,
+                  sampler=None):
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed, shuffle=shuffle),
+        sampler=sampler if sampler is not None else EpochSampler(len(dataset), seed, shuffle=shuffle),
         collate_fn=collate,
         num_workers=num_workers,
         drop_last=drop_last,
@@ -147,7 +159,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
 
     # training batches come as (batch, skipped unreadable samples); evaluation data must be readable
     train_loader = _build_loader(GuardedCollate(task.collate), GuardedDataset(train_ds), t.batch_size, t.seed, True,
-                                 recipe.data.num_workers, True)
+                                 recipe.data.num_workers, True, sampler=task.sampler(train_ds, t.batch_size, t.seed))
     eval_loader = None
     if eval_ds is not None and len(eval_ds) > 0:
         eval_loader = _build_loader(task.collate, eval_ds, t.batch_size, t.seed, False, recipe.data.num_workers, False)

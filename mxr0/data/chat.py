@@ -1,0 +1,114 @@
+"""Chat formatting for the generation tasks: prompts from study records, the chat template, the
+assistant-only loss mask, and a byte-level BPE tokenizer trained on reports for tiny CPU LLMs.
+
+A training example is ``[system?] user: <image>… + instruction (+ indication / technique / comparison)``
+and ``assistant: <report>``. The prompt is rendered by the tokenizer's chat template (the processor's at
+inference, identical), the answer is appended, and only the answer tokens and the end-of-turn marker are
+labelled, so the loss never trains the model to predict prompts or image placeholders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+IMAGE_TOKEN = "<image>"
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+"""The chat template of tiny tokenizers (a role marker per turn, ``<|end|>`` closes a turn)."""
+
+TINY_SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+VIEW_NAMES = {"PA": "frontal", "AP": "frontal", "AP_SUPINE": "frontal", "LATERAL": "lateral", "LL": "lateral",
+              "RL": "lateral"}
+
+
+def train_chat_tokenizer(texts: Iterable[str], vocab_size: int = 2000, model_max_length: int = 1024,
+                         save_dir: str | os.PathLike | None = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts`` with the chat specials, the
+    ``<image>`` placeholder and `TINY_CHAT_TEMPLATE`; deterministic for the same texts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", model_max_length=model_max_length,
+                                   extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   additional_special_tokens=TINY_SPECIAL_TOKENS[4:])
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    if save_dir is not None:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        fast.save_pretrained(str(save_dir))
+    return fast
+
+
+def ensure_image_token(tokenizer) -> int:
+    """The id of ``<image>``, added as a special token when the tokenizer lacks it (Hub LLMs)."""
+    ids = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if ids is None or ids == tokenizer.unk_token_id:
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        ids = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return int(ids)
+
+
+def study_messages(record: dict, image_views: Sequence[str], instruction: str, sections: Sequence[str],
+                   system: str = "") -> list[dict]:
+    """The user turn of a study: one image part per view (``image_views`` names them, e.g. ["frontal",
+    "lateral", "prior frontal"]), the instruction, then the chosen context sections (indication, …),
+    and the prior report when a prior image is shown."""
+    content: list[dict] = []
+    for view in image_views:
+        content += [{"type": "text", "text": f"{view.capitalize()} view: "}, {"type": "image"}, {"type": "text", "text": "\n"}]
+    context = [f"{s.capitalize()}: {record[s].strip()}" for s in sections if (record.get(s) or "").strip()]
+    if any(v.startswith("prior") for v in image_views) and record.get("prior_report"):
+        context.append(f"Prior report: {record['prior_report'].strip()}")
+    text = instruction + ("\n" + "\n".join(context) if context else "")
+    content.append({"type": "text", "text": text})
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def expand_image_tokens(prompt: str, n_tokens: int) -> str:
+    """Each ``<image>`` placeholder repeated to the number of features its image yields."""
+    return prompt.replace(IMAGE_TOKEN, IMAGE_TOKEN * n_tokens)
+
+
+def encode_example(tokenizer, messages: list[dict], answer: str | None, n_image_tokens: int,
+                   max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a chat example; labels are -100 except on the answer and its end marker.
+
+    With ``answer=None`` only the prompt with the generation prefix is encoded (for generation)."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(expand_image_tokens(prompt, n_image_tokens), add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids = [tokenizer.bos_token_id] + ids
+    if answer is None:
+        return ids, [-100] * len(ids)
+    end = "<|end|>" if "<|end|>" in tokenizer.get_vocab() else ""
+    ans = tokenizer(answer.strip() + end, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if max_length is not None and len(ids) + len(ans) > max_length:
+        keep = max_length - len(ids)
+        if keep < 8:
+            raise ValueError(f"the prompt alone has {len(ids)} tokens, over the limit {max_length} "
+                             "(fewer images or context sections, or a larger model.max_length)")
+        ans = ans[:keep]
+    return ids + ans, [-100] * len(ids) + ans

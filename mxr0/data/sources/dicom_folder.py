@@ -1,0 +1,205 @@
+"""A hospital DICOM export (a folder of ``.dcm`` files and a CSV table) → canonical records.
+
+The table has one row per study or per image and names the study in a key column:
+
+- ``key`` (default: the first of ``StudyInstanceUID``, ``study_id``, ``study`` present in the CSV);
+- ``path_column`` (default: the first of ``path``, ``file``, ``filename``, ``file_path``,
+  ``dicom_path``, ``Path`` present): a DICOM file relative to ``root``, one image per row (several
+  rows may share a study key). Without a path column the key must be ``StudyInstanceUID``: every
+  ``*.dcm`` under ``root`` is read (header only) and grouped by its StudyInstanceUID;
+- labels: any column named like one of the 14 CheXpert observations (case-insensitive), cells
+  ``1``/``0``/``-1``/blank (``1.0`` … accepted);
+- report: columns named like a section (``indication``, ``technique``, ``comparison``, ``findings``,
+  ``impression``) and/or one free-text column (``report``, ``report_text``, ``text``) that is split
+  with :func:`mxr0.data.sources.sections.split_sections` (explicit section columns win);
+- ``split`` (optional): ``train`` / ``validation`` (``val``, ``valid``, ``validate``) / ``test``; without
+  it studies are assigned deterministically from a hash of the key (80 / 10 / 10 %);
+- ``sex`` (M/F/Male/Female) and ``age`` (years, ages above 89 recorded as 90, as HIPAA's safe harbour
+  requires) when present.
+
+Labels, report text, split, sex and age come from the first row of a study.
+
+Privacy: records never receive a DICOM tag other than the view (``ViewPosition`` from
+:func:`mxr0.data.xray.read_dicom_meta`, which returns technical tags only). The ``study_id`` is
+``dcm-`` + the first 16 hex digits of SHA-256(``salt`` + key) by default (``study_id="hash"``), or the
+CSV key as given (``study_id="key"``: only for keys that are already pseudonymous). PNGs are named
+``images/<study_id>/<n>.png``, never after the DICOM file names. Free text in the CSV is copied as
+given: de-identify reports before converting.
+
+Each image is decoded with :func:`mxr0.data.xray.read_xray` and written with
+:func:`mxr0.data.xray.write_png` under ``out/images``; unreadable files are skipped (counted, logged)
+and a study left without images is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pydicom
+
+from mxr0.data.records import CHEXPERT_LABELS, REPORT_SECTIONS, empty_record, write_records
+from mxr0.data.sources import (
+    Skips,
+    SourceError,
+    frontal_first,
+    normalise_view,
+    parse_label,
+    progress,
+    read_table,
+    records_path,
+)
+from mxr0.data.sources.sections import split_sections
+from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray, write_png
+
+__all__ = ["build_records", "convert", "hashed_study_id"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "dicom-folder"
+KEY_COLUMNS = ("StudyInstanceUID", "study_id", "study")
+PATH_COLUMNS = ("path", "file", "filename", "file_path", "dicom_path", "Path")
+TEXT_COLUMNS = ("report", "report_text", "text")
+_SPLITS = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
+           "validate": "validation", "test": "test"}
+_SEX = {"m": "M", "male": "M", "f": "F", "female": "F", "": "", "o": "", "u": "", "unknown": ""}
+
+
+def hashed_study_id(key: str, salt: str = "") -> str:
+    """``dcm-`` + 16 hex digits of SHA-256(salt + key): stable, and not the key itself."""
+    return "dcm-" + hashlib.sha256((salt + key).encode("utf-8")).hexdigest()[:16]
+
+
+def _hash_split(key: str) -> str:
+    bucket = int(hashlib.sha256(("split:" + key).encode("utf-8")).hexdigest(), 16) % 100
+    return "train" if bucket < 80 else "validation" if bucket < 90 else "test"
+
+
+def _pick(header: list[str], given: str | None, candidates: tuple[str, ...], what: str, table: Path) -> str | None:
+    if given is not None:
+        if given not in header:
+            raise SourceError(table, f"{what} column {given!r} not found; columns are {header}")
+        return given
+    return next((c for c in candidates if c in header), None)
+
+
+def _columns(header: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    """``{canonical name: CSV column}`` for columns matching ``names`` case-insensitively."""
+    lower = {h.lower(): h for h in header}
+    return {n: lower[n.lower()] for n in names if n.lower() in lower}
+
+
+def _study_fields(row: dict[str, str], table: Path, rowno: int, cols: dict[str, dict[str, str]]) -> dict:
+    """Labels, sections, sex and age of the first row of a study."""
+    out: dict = {"labels": {n: parse_label(row[c], table, rowno, c) for n, c in cols["labels"].items()}}
+    text = next((row[c] for c in cols["text"].values() if row[c]), "")
+    sections = split_sections(text) if text else {}
+    sections.update({s: " ".join(row[c].split()) for s, c in cols["sections"].items() if row[c]})
+    out.update(sections)
+    if "sex" in cols["demo"]:
+        sex = row[cols["demo"]["sex"]].lower()
+        if sex not in _SEX:
+            raise SourceError(table, f"sex {row[cols['demo']['sex']]!r} is not M/F/Male/Female", rowno, "sex")
+        out["sex"] = _SEX[sex]
+    if "age" in cols["demo"] and row[cols["demo"]["age"]]:
+        raw = row[cols["demo"]["age"]]
+        try:
+            age = float(raw)
+        except ValueError:
+            raise SourceError(table, f"age {raw!r} is not a number", rowno, "age") from None
+        if not 0 <= age < 130:
+            raise SourceError(table, f"age {raw!r} is outside [0, 130)", rowno, "age")
+        out["age"] = min(age, 90.0)
+    return out
+
+
+def _scan_studies(root: Path, show_progress: bool, skips: Skips) -> dict[str, list[Path]]:
+    """``{StudyInstanceUID: [files]}`` of every ``*.dcm`` under ``root`` (headers only)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
+    out: dict[str, list[Path]] = {}
+    for p in progress(files, "scan DICOM headers", show_progress, unit="file"):
+        try:
+            uid = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).get(
+                "StudyInstanceUID")
+        except Exception:  # noqa: BLE001 - any unreadable header is a counted skip
+            uid = None
+        if not uid:
+            skips.add("DICOM without a readable StudyInstanceUID", p.name)
+            continue
+        out.setdefault(str(uid), []).append(p)
+    return out
+
+
+def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  key: str | None = None, path_column: str | None = None, study_id: str = "hash",
+                  salt: str = "", png_bits: int = 8, show_progress: bool = False) -> tuple[list[dict], Skips]:
+    """Convert the export: write PNGs under ``out_dir/images`` and return the records (see the module docstring)."""
+    root, table, out_dir = Path(root), Path(table), Path(out_dir)
+    if study_id not in ("hash", "key"):
+        raise ValueError(f"study_id must be 'hash' or 'key', got {study_id!r}")
+    rows = list(read_table(table))
+    header = list(rows[0][1]) if rows else []
+    key = _pick(header, key, KEY_COLUMNS, "study key", table)
+    path_column = _pick(header, path_column, PATH_COLUMNS, "path", table)
+    if key is None:
+        if path_column is None:
+            raise SourceError(table, f"no study key column ({' / '.join(KEY_COLUMNS)}) or path column "
+                                     f"({' / '.join(PATH_COLUMNS)}); columns are {header}")
+        key = path_column
+    if path_column is None and key != "StudyInstanceUID":
+        raise SourceError(table, f"without a path column the study key must be StudyInstanceUID, got {key!r}")
+    cols = {"labels": _columns(header, CHEXPERT_LABELS), "sections": _columns(header, REPORT_SECTIONS),
+            "text": _columns(header, TEXT_COLUMNS), "demo": _columns(header, ("sex", "age"))}
+    split_col = next((h for h in header if h.lower() == "split"), None)
+    skips = Skips(SOURCE)
+    studies: dict[str, dict] = {}
+    files: dict[str, list[Path]] = {}
+    for rowno, row in rows:
+        k = row[key]
+        if not k:
+            raise SourceError(table, "empty study key", rowno, key)
+        if k not in studies:
+            split = _SPLITS.get(row[split_col].lower()) if split_col and row[split_col] else _hash_split(k)
+            if split is None:
+                raise SourceError(table, f"split {row[split_col]!r} is not train/validation/test", rowno, split_col)
+            sid = hashed_study_id(k, salt) if study_id == "hash" else k
+            studies[k] = {**empty_record(sid, split, SOURCE, "chest"), **_study_fields(row, table, rowno, cols)}
+        if path_column is not None:
+            if not row[path_column]:
+                raise SourceError(table, "empty file path", rowno, path_column)
+            files.setdefault(k, []).append(root / row[path_column])
+    if path_column is None:
+        scanned = _scan_studies(root, show_progress, skips)
+        files = {k: scanned.get(k, []) for k in studies}
+        skips.add("DICOM study not in the table", n=len(set(scanned) - set(studies)))
+    records = []
+    for k, rec in progress(studies.items(), "dicom-folder", show_progress, len(studies)):
+        images = []
+        for p in files.get(k, []):
+            try:
+                view = normalise_view(read_dicom_meta(p)["ViewPosition"])
+                dest = Path("images") / rec["study_id"] / f"{len(images)}.png"
+                write_png(out_dir / dest, read_xray(p), bits=png_bits)
+            except (XrayReadError, FileNotFoundError) as e:
+                skips.add("unreadable or missing DICOM", str(e).splitlines()[0])
+                continue
+            images.append({"path": dest.as_posix(), "view": view, "role": "current"})
+        if not images:
+            skips.add("study without any readable image", rec["study_id"])
+            continue
+        rec["images"] = frontal_first(images)
+        records.append(rec)
+    return records, skips
+
+
+def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike, key: str | None = None,
+            path_column: str | None = None, study_id: str = "hash", salt: str = "", png_bits: int = 8,
+            fmt: str = "jsonl", show_progress: bool = True) -> Path:
+    """Convert the DICOM export under ``root`` described by ``table`` into ``out/records.jsonl``."""
+    path = records_path(out, fmt)
+    records, skips = build_records(root, table, path.parent, key=key, path_column=path_column, study_id=study_id,
+                                   salt=salt, png_bits=png_bits, show_progress=show_progress)
+    log.info("%s: %d studies (skipped: %s)", SOURCE, len(records), skips.summary())
+    return write_records(records, path)

@@ -1,0 +1,155 @@
+"""Report generation with an exported mXR-0 VLM: one study (streamed to the terminal) or a whole split
+(batched, KV cache, greedy / beam / sampling), predictions as JSONL keyed by study id, resumable.
+
+    mxr0 generate --model runs/tiny-report/export --image frontal.png --image lateral.dcm --indication "Cough."
+    mxr0 generate --model runs/tiny-report/export --data data_cache/phantom --split test --out preds.jsonl
+
+The prompt is rebuilt exactly as in training from the export's ``mxr0_report.json`` (views, instruction,
+context sections). Batches are left-padded; a greedy batch gives the same tokens as one-by-one decoding
+(`scripts/bench_generate.py` checks it and measures the speed-up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def clean_generation(text: str) -> str:
+    """Generated text up to the end-of-turn marker, without special tokens."""
+    for stop in ("<|end|>", "</s>"):
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, items: list[dict], max_new_tokens: int = 160, num_beams: int = 1,
+                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+    """Reports for prompt-only dataset items (``input_ids`` and ``pixel_values`` each), left-padded."""
+    from mxr0.tasks.report import ChatCollator
+
+    batch = ChatCollator(tokenizer.pad_token_id, "left")(items)
+    device = next(model.parameters()).device
+    end_ids = [tokenizer.eos_token_id]
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    if isinstance(end, int) and end != tokenizer.unk_token_id:
+        end_ids.append(end)
+    kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, eos_token_id=end_ids,
+                  pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                         pixel_values=batch["pixel_values"].to(device, dtype=next(model.parameters()).dtype), **kwargs)
+    new = out[:, batch["input_ids"].shape[1]:]
+    return [clean_generation(t) for t in tokenizer.batch_decode(new, skip_special_tokens=False)]
+
+
+def load_vlm(model_dir: str | os.PathLike, device: str | None = None):
+    """(model, tokenizer, transform, settings) of an export from the ``report`` task."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from mxr0.data.transforms import ImageTransform
+
+    model_dir = Path(model_dir)
+    settings_file = model_dir / "mxr0_report.json"
+    if not settings_file.exists():
+        raise FileNotFoundError(f"{settings_file} is missing: {model_dir} is not an mxr0 report-generation export "
+                                "(train recipes/tiny/mxr0_report.yaml, or pass the run's export/ folder)")
+    settings = json.loads(settings_file.read_text())
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForImageTextToText.from_pretrained(str(model_dir)).eval().to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    transform = ImageTransform.from_pretrained(str(model_dir))
+    return model, tokenizer, transform, settings
+
+
+def _config_from(settings: dict):
+    from mxr0.tasks.report import ReportModelConfig
+
+    cfg = ReportModelConfig()
+    for k, v in settings.items():
+        if hasattr(cfg, k):
+            setattr(cfg, k, v)
+    return cfg
+
+
+def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: str | os.PathLike, batch_size: int = 16,
+                   max_new_tokens: int | None = None, num_beams: int = 1, do_sample: bool = False,
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True) -> Path:
+    """Write ``{"study_id", "report"}`` lines for ``records`` to ``out_path``; studies already in the file
+    are skipped (resume after an interruption). Each batch is appended and flushed as it completes."""
+    from tqdm.auto import tqdm
+
+    from mxr0.tasks.report import ReportDataset
+
+    model, tokenizer, transform, settings = load_vlm(model_dir)
+    cfg = _config_from(settings)
+    out_path = Path(out_path)
+    done: set[str] = set()
+    if out_path.exists():
+        for line_no, line in enumerate(out_path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    done.add(json.loads(line)["study_id"])
+                except (json.JSONDecodeError, KeyError):
+                    log.warning("%s line %d is incomplete (an interrupted write); it is generated again", out_path, line_no)
+        _drop_partial_last_line(out_path)
+    todo = [r for r in records if r["study_id"] not in done]
+    ds = ReportDataset(todo, tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False)
+    torch.manual_seed(seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(ds), disable=not progress, desc="generate", unit="study")
+    with open(out_path, "a") as f:
+        for s in range(0, len(ds), batch_size):
+            idx = list(range(s, min(len(ds), s + batch_size)))
+            texts = generate_batch(model, tokenizer, [ds[i] for i in idx], max_new_tokens or cfg.max_new_tokens,
+                                   num_beams, do_sample, temperature, top_p)
+            for i, text in zip(idx, texts):
+                f.write(json.dumps({"study_id": ds.records[i]["study_id"], "report": text}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(idx))
+    bar.close()
+    if len(done):
+        log.info("resumed: %d studies were already in %s", len(done), out_path)
+    return out_path
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[str] | None = None,
+                   indication: str = "", technique: str = "", comparison: str = "", stream: bool = True,
+                   max_new_tokens: int | None = None) -> str:
+    """A report for one study from image files (PNG / JPEG / DICOM), streamed to stdout when ``stream``."""
+    from transformers import TextStreamer
+
+    from mxr0.tasks.report import ReportDataset
+
+    model, tokenizer, transform, settings = load_vlm(model_dir)
+    cfg = _config_from(settings)
+    views = views or (["PA", "LATERAL", "PA"][: len(images)])
+    record = {"study_id": "study", "images": [{"path": str(p), "view": v, "role": "current"} for p, v in zip(images, views)],
+              "indication": indication, "technique": technique, "comparison": comparison, "findings": "-", "impression": "-"}
+    ds = ReportDataset([record], tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False)
+    if len(ds) == 0:
+        raise ValueError("the study needs a frontal image (view PA or AP): pass --view PA for the first --image")
+    item = ds[0]
+    device = next(model.parameters()).device
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([item["input_ids"]], device=device),
+                             pixel_values=item["pixel_values"].to(device), max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+                             do_sample=False, eos_token_id=[e for e in end_ids if isinstance(e, int)],
+                             pad_token_id=tokenizer.pad_token_id, streamer=streamer)
+    return clean_generation(tokenizer.decode(out[0, len(item["input_ids"]):], skip_special_tokens=False))

@@ -1,0 +1,499 @@
+"""mXR-0 report generation: a Llava VLM (DINOv2-family encoder + projector + causal LM) trained to write
+the findings and impression of a study, MAIRA-2 style inputs.
+
+Stages (LLaVA / LLaVA-Rad recipe): stage 1 trains the projector only (``train_llm: frozen``,
+``train_vision: frozen``); stage 2 starts from the stage-1 export (``init_from``) and adds LoRA on the LLM
+(``train_llm: lora``, target modules by regex scoped to the language model) with the projector trained
+and the encoder frozen or with LoRA; ``qlora`` loads the LLM in 4-bit (bitsandbytes, CUDA only).
+Tiny CPU recipes train a small Llama from scratch (``train_llm: full``) with a tokenizer trained on the
+training reports.
+
+Inputs per study (each optional): current frontal, current lateral, prior frontal (with the prior
+report), and the indication / technique / comparison sections; the loss covers only the assistant's
+answer. The export is one merged Hugging Face checkpoint (``AutoModelForImageTextToText`` +
+``AutoProcessor`` with the chat template), plus ``adapter/`` (the LoRA adapter with the projector) when
+LoRA was used, and ``mxr0_report.json`` (prompt settings for `mxr0 generate`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mxr0.config import ConfigError
+from mxr0.data.loading import load_split
+from mxr0.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+FRONTAL, LATERAL = ("PA", "AP", "AP_SUPINE"), ("LATERAL", "LL", "RL")
+VIEW_CHOICES = ("frontal", "lateral", "prior")
+
+
+@dataclass
+class ReportModelConfig:
+    """The VLM's parts, what trains, and the prompt."""
+
+    init_from: str = ""
+    """A VLM export (e.g. the stage-1 run's ``export/``) to start from; then ``vision`` / ``llm`` are ignored."""
+    vision: str = ""
+    """Path or Hub id of a DINOv2-family encoder (XR-0 export, microsoft/rad-dino, a classifier export);
+    empty builds a new ViT from ``vision_config``."""
+    vision_config: dict = field(default_factory=dict)
+    """Dinov2WithRegistersConfig arguments for a new vision tower."""
+    image_size: int = 224
+    """Input side for a new vision tower (a pretrained one uses its image-processor config)."""
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Normalisation mean for a new vision tower."""
+    image_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    """Normalisation std for a new vision tower."""
+    llm: str = ""
+    """Path or Hub id of a causal LM (Llama, Qwen2, Phi, Mistral families); empty builds a tiny Llama from
+    ``llm_config`` with a byte-level BPE tokenizer trained on the training reports."""
+    llm_config: dict = field(default_factory=dict)
+    """LlamaConfig arguments for a new LLM (hidden_size, num_hidden_layers, …)."""
+    tokenizer_vocab_size: int = 2000
+    """Vocabulary of a tokenizer trained on the training reports (new LLM only)."""
+    select_strategy: Literal["default", "full"] = "default"
+    """Image tokens: ``default`` = registers + patches (CLS dropped), ``full`` = CLS + registers + patches."""
+    feature_layer: int = -1
+    """Vision hidden state fed to the projector (before the final layer norm; -1 = last block)."""
+    projector_act: str = "gelu"
+    """Activation of the 2-layer MLP projector."""
+    train_vision: Literal["frozen", "full", "lora"] = "frozen"
+    """Vision tower: frozen, fully trained, or LoRA on its attention projections."""
+    train_llm: Literal["frozen", "full", "lora", "qlora"] = "lora"
+    """LLM: frozen (stage 1), full, LoRA (stage 2), or QLoRA (4-bit base, CUDA only)."""
+    train_projector: bool = True
+    """Train the projector."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    """Regex of LLM modules that get LoRA (scoped to the language model: DINOv2 also has q_proj/v_proj)."""
+    vision_lora_target: str = r".*vision_tower.*\.(q_proj|v_proj)"
+    """Regex of vision modules that get LoRA when ``train_vision: lora``."""
+    views: list[str] = field(default_factory=lambda: ["frontal", "lateral"])
+    """Images given to the model, each used when the study has it: ``frontal``, ``lateral`` (current),
+    ``prior`` (prior frontal, with the prior report when the record has ``prior_report``). A study
+    without a frontal image is skipped."""
+    context_sections: list[str] = field(default_factory=lambda: ["indication"])
+    """Report sections given as input (``indication``, ``technique``, ``comparison``)."""
+    target_sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
+    """Sections the model writes, as ``Findings: …`` / ``Impression: …`` lines."""
+    instruction: str = "Write the findings and impression of this chest X-ray report."
+    """The user instruction."""
+    system_prompt: str = ""
+    """Optional system turn."""
+    max_length: int = 512
+    """Token limit of an example (prompt + answer); longer answers are truncated."""
+    augment: bool = True
+    """Light image augmentation in training (never flips)."""
+    group_by_length: bool = True
+    """Batches of similar length (less padding): shuffled megabatches sorted by length."""
+    eval_generate: int = 48
+    """Evaluation studies for which reports are generated (greedy) to compute finding F1; 0 disables."""
+    max_new_tokens: int = 160
+    """Generation limit during evaluation and the default for `mxr0 generate`."""
+
+
+def report_answer(record: dict, sections: list[str]) -> str:
+    """The target text: one ``Section: text`` line per non-empty section."""
+    return "\n".join(f"{s.capitalize()}: {' '.join(record[s].split())}" for s in sections if (record.get(s) or "").strip())
+
+
+def study_images(record: dict, views: list[str]) -> list[tuple[str, str]]:
+    """(view name, image path) of the images a study gives for ``views`` (frontal first)."""
+    cur = [im for im in record["images"] if im.get("role", "current") == "current"]
+    prior = [im for im in record["images"] if im.get("role") == "prior" and im["view"] in FRONTAL]
+    out = []
+    for v in views:
+        pool = {"frontal": [im for im in cur if im["view"] in FRONTAL], "lateral": [im for im in cur if im["view"] in LATERAL],
+                "prior": prior}[v]
+        if pool:
+            out.append(("prior frontal" if v == "prior" else v, pool[0]["path"]))
+    return out
+
+
+class ReportDataset(torch.utils.data.Dataset):
+    """Chat examples of studies: pixel values of each image, input ids and answer-only labels."""
+
+    def __init__(self, records, tokenizer, transform, cfg: ReportModelConfig, n_image_tokens: int, train: bool,
+                 seed: int = 0, with_answer: bool = True):
+        self.records, self.examples = [], []
+        skipped = 0
+        for r in records:
+            imgs = study_images(r, cfg.views)
+            answer = report_answer(r, cfg.target_sections)
+            if not imgs or imgs[0][0] != "frontal" or not answer:
+                skipped += 1
+                continue
+            self.records.append(r)
+            self.examples.append((imgs, answer))
+        if skipped:
+            log.warning("%d studies without a current frontal image or without %s text are left out", skipped,
+                        "/".join(cfg.target_sections))
+        self.tokenizer, self.transform, self.cfg = tokenizer, transform, cfg
+        self.n_image_tokens, self.train, self.seed, self.epoch = n_image_tokens, train, seed, 0
+        self.with_answer = with_answer
+        """False: prompt only, for generation."""
+        self._lengths: list[int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def messages(self, i: int) -> list[dict]:
+        from mxr0.data.chat import study_messages
+
+        c = self.cfg
+        return study_messages(self.records[i], [v for v, _ in self.examples[i][0]], c.instruction, c.context_sections,
+                              c.system_prompt)
+
+    def encode(self, i: int, with_answer: bool = True) -> tuple[list[int], list[int]]:
+        from mxr0.data.chat import encode_example
+
+        return encode_example(self.tokenizer, self.messages(i), self.examples[i][1] if with_answer else None,
+                              self.n_image_tokens, self.cfg.max_length)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token lengths of the examples (for length-grouped batching), computed once."""
+        if self._lengths is None:
+            self._lengths = [len(self.encode(i)[0]) for i in range(len(self))]
+        return self._lengths
+
+    def pixel_values(self, i: int) -> torch.Tensor:
+        from mxr0.data.augment import light_augment, sample_generator
+        from mxr0.data.xray import read_xray
+
+        out = []
+        for k, (_, path) in enumerate(self.examples[i][0]):
+            img = read_xray(path)
+            if self.train and self.cfg.augment:
+                img = light_augment(img, generator=sample_generator(self.seed, self.epoch, i * 8 + k))
+            out.append(self.transform(img))
+        return torch.stack(out)
+
+    def __getitem__(self, i: int) -> dict:
+        ids, labels = self.encode(i, with_answer=self.with_answer)
+        return {"pixel_values": self.pixel_values(i), "input_ids": ids, "labels": labels, "index": i}
+
+
+class ChatCollator:
+    """Pads a batch (right for training, left for generation) and concatenates its images."""
+
+    def __init__(self, pad_id: int, side: str = "right"):
+        self.pad_id, self.side = pad_id, side
+
+    def __call__(self, items: list[dict]) -> dict:
+        n = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(items), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        for b, it in enumerate(items):
+            k = len(it["input_ids"])
+            sl = slice(0, k) if self.side == "right" else slice(n - k, n)
+            ids[b, sl] = torch.tensor(it["input_ids"])
+            labels[b, sl] = torch.tensor(it["labels"])
+            mask[b, sl] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+                "pixel_values": torch.cat([it["pixel_values"] for it in items]),
+                "index": torch.tensor([it["index"] for it in items])}
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """A permutation of (seed, epoch) in which runs of ``batch_size`` have similar lengths: shuffled
+    megabatches of 50 batches, each sorted by length, then the batch order shuffled."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        idx = list(range(len(self.lengths)))
+        rng.shuffle(idx)
+        mega = 50 * self.batch_size
+        order = []
+        for s in range(0, len(idx), mega):
+            order += sorted(idx[s:s + mega], key=lambda i: -self.lengths[i])
+        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        rng.shuffle(batches)
+        return iter([i for b in batches for i in b])
+
+
+class ReportTask(Task):
+    name = "report"
+    ModelConfig = ReportModelConfig
+    main_metric = "finding_f1_micro"
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        c = self.cfg
+        bad = [v for v in c.views if v not in VIEW_CHOICES]
+        if bad or "frontal" not in c.views:
+            raise ConfigError(f"model.views={c.views}: must include 'frontal'; choices {list(VIEW_CHOICES)}")
+        for key, allowed in (("context_sections", ("indication", "technique", "comparison")),
+                             ("target_sections", ("findings", "impression"))):
+            vals = getattr(c, key)
+            if any(s not in allowed for s in vals) or (key == "target_sections" and not vals):
+                raise ConfigError(f"model.{key}={vals}: choose from {list(allowed)}")
+        if c.train_llm == "qlora" and not torch.cuda.is_available():
+            raise ConfigError("model.train_llm=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine "
+                              "use model.train_llm=lora (or full for tiny models)")
+        if c.train_llm == "qlora" and not c.init_from and not c.llm:
+            raise ConfigError("model.train_llm=qlora quantises a pretrained LLM: set model.llm or model.init_from")
+        self.tokenizer = None
+        self._transform = None
+        self.eval_ds: ReportDataset | None = None
+        self.train_ds: ReportDataset | None = None
+
+    # --- parts ---------------------------------------------------------------------------------
+    @property
+    def transform(self):
+        from mxr0.data.transforms import ImageTransform
+
+        if self._transform is None:
+            c = self.cfg
+            src = c.init_from or c.vision
+            self._transform = (ImageTransform.from_pretrained(src) if src else
+                               ImageTransform(size=c.image_size, mean=tuple(c.image_mean), std=tuple(c.image_std)))
+        return self._transform
+
+    def _build_tokenizer(self, train_records):
+        from transformers import AutoTokenizer
+
+        from mxr0.data.chat import TINY_CHAT_TEMPLATE, ensure_image_token, train_chat_tokenizer
+
+        c = self.cfg
+        if c.init_from or c.llm:
+            tok = AutoTokenizer.from_pretrained(c.init_from or c.llm)
+            ensure_image_token(tok)
+            if not tok.chat_template:
+                log.warning("%s has no chat template; using mxr0's plain role-marker template", c.init_from or c.llm)
+                tok.chat_template = TINY_CHAT_TEMPLATE
+            return tok
+        texts = [report_answer(r, c.target_sections) for r in train_records]
+        texts += [c.instruction] + [r.get(s) or "" for r in train_records for s in c.context_sections]
+        return train_chat_tokenizer([t for t in texts if t], c.tokenizer_vocab_size, c.max_length)
+
+    @property
+    def n_image_tokens(self) -> int:
+        from mxr0.models.vlm import image_token_count
+
+        return image_token_count(self._vision_config(), self.transform.size, self.cfg.select_strategy)
+
+    def _vision_config(self):
+        from transformers import AutoConfig, Dinov2WithRegistersConfig
+
+        c = self.cfg
+        if c.init_from:
+            return AutoConfig.from_pretrained(c.init_from).vision_config
+        if c.vision:
+            return AutoConfig.from_pretrained(c.vision)
+        kw = dict(c.vision_config)
+        if "intermediate_size" in kw:
+            kw["mlp_ratio"] = int(kw.pop("intermediate_size")) // int(kw.get("hidden_size", 768))
+        return Dinov2WithRegistersConfig(image_size=c.image_size, **kw)
+
+    def build_datasets(self):
+        d = self.recipe.data
+        train_recs = load_split(d, d.train_split, d.max_train_studies)
+        eval_recs = load_split(d, d.eval_split, d.max_eval_studies)
+        self.tokenizer = self._build_tokenizer(train_recs)
+        n = self.n_image_tokens
+        self.train_ds = ReportDataset(train_recs, self.tokenizer, self.transform, self.cfg, n, train=True,
+                                      seed=self.recipe.train.seed)
+        self.eval_ds = ReportDataset(eval_recs, self.tokenizer, self.transform, self.cfg, n, train=False)
+        self.collate = ChatCollator(self.tokenizer.pad_token_id, "right")
+        return self.train_ds, self.eval_ds
+
+    def sampler(self, dataset, batch_size: int, seed: int):
+        """Length-grouped order for the training set (the loop asks; None = its default shuffle)."""
+        if self.cfg.group_by_length and dataset is self.train_ds:
+            return LengthGroupedSampler(dataset.lengths, batch_size, seed)
+        return None
+
+    def build_model(self) -> nn.Module:
+        from mxr0.data.chat import IMAGE_TOKEN
+
+        c = self.cfg
+        if self.tokenizer is None:
+            raise RuntimeError("build_datasets must run before build_model (the tokenizer sizes the LLM)")
+        image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if c.init_from:
+            model = self._load_vlm(c.init_from)
+        else:
+            model = self._new_vlm(image_token_id)
+        if len(self.tokenizer) > model.config.text_config.vocab_size:
+            model.resize_token_embeddings(len(self.tokenizer))
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        return self._set_trainable(model)
+
+    def _load_vlm(self, path: str):
+        from transformers import AutoModelForImageTextToText
+
+        kwargs = {}
+        if self.cfg.train_llm == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_use_double_quant=True, llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+        return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+    def _new_vlm(self, image_token_id: int):
+        from mxr0.models.encoder import load_encoder, new_encoder
+        from mxr0.models.vlm import build_vlm, tiny_causal_lm
+
+        c = self.cfg
+        vision = load_encoder(c.vision) if c.vision else new_encoder(c.image_size, **c.vision_config)
+        if c.llm:
+            from transformers import AutoModelForCausalLM
+
+            lm = AutoModelForCausalLM.from_pretrained(c.llm)
+            if len(self.tokenizer) > lm.config.vocab_size:
+                lm.resize_token_embeddings(len(self.tokenizer))
+        else:
+            t = self.tokenizer
+            try:
+                lm = tiny_causal_lm(len(t), t.pad_token_id, t.bos_token_id, t.eos_token_id,
+                                    **{"max_position_embeddings": max(c.max_length, 256), **c.llm_config})
+            except TypeError as e:
+                raise ConfigError(f"model.llm_config: {e}") from e
+        return build_vlm(vision, lm, image_token_id, self.transform.size, c.select_strategy, c.feature_layer,
+                         c.projector_act)
+
+    def _set_trainable(self, model):
+        c = self.cfg
+        for name, p in model.named_parameters():
+            part = "vision" if "vision_tower" in name else "projector" if "multi_modal_projector" in name else "llm"
+            want = {"vision": c.train_vision == "full", "projector": c.train_projector,
+                    "llm": c.train_llm == "full"}[part]
+            p.requires_grad_(want and not name.endswith("mask_token"))
+        targets = []
+        if c.train_llm in ("lora", "qlora"):
+            targets.append(c.lora_target)
+        if c.train_vision == "lora":
+            targets.append(c.vision_lora_target)
+        if not targets:
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        if c.train_llm == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.recipe.train.gradient_checkpointing)
+        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                          target_modules="|".join(f"(?:{t})" for t in targets),
+                          modules_to_save=["multi_modal_projector"] if c.train_projector else None)
+        model = get_peft_model(model, lora)
+        if c.train_vision == "full":
+            for name, p in model.named_parameters():
+                if "vision_tower" in name and not name.endswith("mask_token"):
+                    p.requires_grad_(True)
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("LoRA on %s: %.2fM trainable parameters", targets, n / 1e6)
+        return model
+
+    # --- train ---------------------------------------------------------------------------------
+    def training_step(self, model, batch):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    pixel_values=batch["pixel_values"], labels=batch["labels"])
+        return {"loss": out.loss}
+
+    # --- evaluate ------------------------------------------------------------------------------
+    def evaluate(self, model, loader, accelerator):
+        losses, tokens = [], []
+        for batch in loader:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        pixel_values=batch["pixel_values"], labels=batch["labels"])
+            n = (batch["labels"][:, 1:] != -100).sum()
+            lt = accelerator.gather_for_metrics(torch.stack([out.loss.detach().float() * n, n.float()])[None])
+            losses.append(lt[:, 0].sum())
+            tokens.append(lt[:, 1].sum())
+        metrics = {"loss": float(torch.stack(losses).sum() / torch.stack(tokens).sum().clamp_min(1))}
+        if self.cfg.eval_generate > 0 and accelerator.is_main_process:
+            metrics.update(self._generation_metrics(accelerator.unwrap_model(model)))
+        if accelerator.num_processes > 1:  # every rank returns the main process's generation metrics
+            keys = sorted(k for k in metrics if k != "loss")
+            vec = torch.zeros(len(keys), device=accelerator.device)
+            if accelerator.is_main_process:
+                vec = torch.tensor([metrics[k] for k in keys], device=accelerator.device)
+            vec = accelerator.reduce(vec, reduction="sum")
+            metrics.update({k: float(v) for k, v in zip(keys, vec.tolist())})
+        return metrics
+
+    def _generation_metrics(self, model) -> dict[str, float]:
+        from mxr0.eval.reports.rules import finding_f1
+        from mxr0.generate import generate_batch
+
+        ds = self.eval_ds
+        n = min(self.cfg.eval_generate, len(ds))
+        preds = []
+        ds.with_answer = False
+        try:
+            for s in range(0, n, 16):
+                items = [ds[i] for i in range(s, min(n, s + 16))]
+                preds += generate_batch(model, self.tokenizer, items, max_new_tokens=self.cfg.max_new_tokens)
+        finally:
+            ds.with_answer = True
+        refs = [ds.records[i]["labels"] for i in range(n)]
+        f1 = finding_f1(preds, refs)
+        return {k: float(v) for k, v in f1.items() if isinstance(v, (int, float)) and "/" not in k}
+
+    # --- export --------------------------------------------------------------------------------
+    def export(self, model, out_dir: Path, accelerator):
+        if not accelerator.is_main_process:
+            return
+        save_vlm_export(model, self.tokenizer, self.transform, Path(out_dir), self.cfg, self.n_image_tokens)
+
+
+def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModelConfig, n_image_tokens: int) -> Path:
+    """The merged Hugging Face model + processor (+ ``adapter/`` when LoRA was used) + ``mxr0_report.json``."""
+    import transformers
+    from transformers import LlavaProcessor
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, then merge for the export
+        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+        model = model.merge_and_unload()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    image_proc_cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
+    image_processor = image_proc_cls(**{k: v for k, v in transform.to_processor_config().items()
+                                        if k not in ("image_processor_type", "processor_class")})
+    vcfg = model.config.vision_config
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=int(np.ravel(vcfg.patch_size)[0]),
+                               vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                               num_additional_image_tokens=1 + int(getattr(vcfg, "num_register_tokens", 0) or 0),
+                               chat_template=tokenizer.chat_template)
+    processor.save_pretrained(out_dir)
+    # our exact transform, also for AutoImageProcessor (the processor file nests it)
+    cfg_path = out_dir / "preprocessor_config.json"
+    if not cfg_path.exists():
+        cfg_path.write_text(json.dumps(transform.to_processor_config(), indent=2))
+    settings = {k: getattr(cfg, k) for k in ("views", "context_sections", "target_sections", "instruction",
+                                             "system_prompt", "max_length", "max_new_tokens")}
+    settings["n_image_tokens"] = n_image_tokens
+    (out_dir / "mxr0_report.json").write_text(json.dumps(settings, indent=2))
+    return out_dir
