@@ -4,6 +4,11 @@
     mxr0 prepare phantom --out data_cache/phantom --preview grid.png
     mxr0 prepare mimic-cxr --root /data/mimic-cxr-jpg/2.0.0 --out data_cache/mimic-cxr
                                                 (also iu-xray, chexpert, dicom-folder --table studies.csv)
+    mxr0 prepare mimic-cxr --root ... --out data_cache/mimic-cxr --cache-size 518 [--cache-bits 16] [--workers 8]
+                                                also writes a resized image cache to data_cache/mimic-cxr/cache-518
+                                                (train on it with data.source=records data.path=<out>/cache-518)
+    mxr0 prepare cache --root data_cache/mimic-cxr --cache-size 518 [--out DIR]
+                                                cache an existing records file / folder (default ROOT/cache-518)
     mxr0 train recipes/tiny/classify.yaml train.lr=5e-4 [--resume [latest|PATH]]
     accelerate launch -m mxr0 train RECIPE ...  (several processes / GPUs)
     mxr0 eval classify --model runs/tiny-classify/export --data data_cache/phantom --split test
@@ -13,6 +18,9 @@
     mxr0 generate --model runs/tiny-report/export --data data_cache/phantom --split test --out preds.jsonl
     mxr0 generate --model runs/tiny-report/export --image frontal.dcm --image lateral.dcm --indication "Cough."
     mxr0 export runs/tiny-report --checkpoint latest        a checkpoint as a merged Hugging Face folder
+    mxr0 push runs/tiny-classify --repo-id ORG/NAME [--public] [--revision BRANCH] [--eval PATH ...]
+                                                the export + a model card to the Hugging Face Hub (private)
+    mxr0 push runs/tiny-classify --repo-id ORG/NAME --card-only README.md   the card only, no upload
     mxr0 config show RECIPE [overrides]         every field with its value and documentation
 """
 
@@ -37,8 +45,10 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_prepare(args) -> int:
     from mxr0.data.sources import SOURCES
 
+    if args.source == "cache":
+        return _prepare_cache(args, None)
     if args.source != "phantom" and args.source not in SOURCES:
-        print(f"mxr0 prepare: unknown source {args.source!r}; available: phantom, {', '.join(SOURCES)}",
+        print(f"mxr0 prepare: unknown source {args.source!r}; available: phantom, cache, {', '.join(SOURCES)}",
               file=sys.stderr)
         return 2
     out = args.out or f"data_cache/{args.source}"
@@ -53,7 +63,7 @@ def cmd_prepare(args) -> int:
     if args.preview:
         preview_grid(path, args.preview)
         print(f"[mxr0] preview: {args.preview}")
-    return 0
+    return _prepare_cache(args, path) if args.cache_size else 0
 
 
 def _prepare_source(args, out: str) -> int:
@@ -84,6 +94,37 @@ def _prepare_source(args, out: str) -> int:
         print(f"mxr0 prepare {args.source}: {e}", file=sys.stderr)
         return 1
     print(f"[mxr0] {args.source} records: {path} ({time.perf_counter() - t0:.1f} s)")
+    return _prepare_cache(args, path) if args.cache_size else 0
+
+
+def _prepare_cache(args, records) -> int:
+    """``--cache-size N``: cache the images of ``records`` in ``<records folder>/cache-N``; with
+    ``records=None`` (``mxr0 prepare cache``) those of ``--root``, into ``--out`` if given."""
+    from mxr0.data.cache import build_cache
+
+    if records is None:
+        if not args.root or not args.cache_size:
+            print("mxr0 prepare cache: --root (a records file or folder) and --cache-size are required",
+                  file=sys.stderr)
+            return 2
+        records = Path(args.root)
+        folder = records if records.is_dir() else records.parent
+        out = Path(args.out) if args.out else folder / f"cache-{args.cache_size}"
+    else:
+        out = Path(records).parent / f"cache-{args.cache_size}"
+    t0 = time.perf_counter()
+    try:
+        path = build_cache(records, out, size=args.cache_size, bits=args.cache_bits, workers=args.workers,
+                           progress=True, overwrite=args.overwrite)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mxr0 prepare: {e}", file=sys.stderr)
+        return 1
+    m = json.loads((out / "cache.json").read_text())
+    print(f"[mxr0] cache {args.cache_size}px {args.cache_bits}-bit: {m['files']} files ({m['written']} written, "
+          f"{m['skipped']} already cached, {m['failed']} unreadable), {m['studies']} studies "
+          f"({m['studies_dropped']} dropped{', see cache.json' if m['failed'] else ''}) "
+          f"({time.perf_counter() - t0:.1f} s)")
+    print(f"[mxr0] cached records: {path}  (recipe: data.source=records data.path={out})")
     return 0
 
 
@@ -154,6 +195,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from mxr0.hub import HubError, push_run, render_model_card
+
+    try:
+        if args.card_only:
+            card = render_model_card(args.run_dir, extra_eval=args.eval, repo_id=args.repo_id)
+            Path(args.card_only).write_text(card)
+            print(f"[mxr0] model card: {args.card_only}")
+            return 0
+        url = push_run(args.run_dir, args.repo_id, private=not args.public, revision=args.revision,
+                       commit_message=args.message, create_pr=args.create_pr, endpoint=args.endpoint,
+                       extra_eval=args.eval)
+    except (HubError, FileNotFoundError, ValueError) as e:
+        print(f"mxr0 push: {e}", file=sys.stderr)
+        return 1
+    print(f"[mxr0] pushed: {url}")
+    return 0
+
+
 def cmd_config(args) -> int:
     from mxr0.config import describe, dump_recipe, load_recipe
 
@@ -183,14 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     pr = sub.add_parser("prepare", help="convert a source into canonical study records")
-    pr.add_argument("source", help="phantom, iu-xray, mimic-cxr, chexpert or dicom-folder")
+    pr.add_argument("source", help="phantom, iu-xray, mimic-cxr, chexpert, dicom-folder, or cache (resize the "
+                    "images of the records at --root; needs --cache-size)")
     pr.add_argument("--out", default=None, help="output folder (default data_cache/<source>)")
     pr.add_argument("--n", type=int, default=2000, help="phantom: studies to draw")
     pr.add_argument("--size", type=int, default=128, help="phantom: image side in pixels")
     pr.add_argument("--seed", type=int, default=0, help="phantom: random seed")
-    pr.add_argument("--overwrite", action="store_true", help="phantom: draw again even if the same set exists")
+    pr.add_argument("--overwrite", action="store_true", help="phantom: draw again even if the same set exists; "
+                    "--cache-size: rebuild a cache made with other settings")
     pr.add_argument("--preview", help="phantom: write a contact sheet PNG with boxes drawn")
-    pr.add_argument("--root", help="the source's dataset folder (all sources but phantom)")
+    pr.add_argument("--root", help="the source's dataset folder (all sources but phantom; "
+                    "cache: a records file or folder)")
     pr.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="records file format")
     pr.add_argument("--images", help="iu-xray: folder of the PNG images (default ROOT/images)")
     pr.add_argument("--report-only", action="store_true",
@@ -208,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--study-id", choices=["hash", "key"], default="hash",
                     help="dicom-folder: study_id is a hash of the key (default) or the key as given")
     pr.add_argument("--salt", default="", help="dicom-folder: secret salt for the hashed study ids")
+    pr.add_argument("--cache-size", type=int, default=None,
+                    help="also write a training cache: images resized to this shortest side (e.g. 518), in "
+                         "OUT/cache-N (resumable; see mxr0/data/cache.py)")
+    pr.add_argument("--cache-bits", type=int, choices=[8, 16], default=8, help="cache: PNG bit depth (default 8)")
+    pr.add_argument("--workers", type=int, default=None, help="cache: decoding processes (default min(4, CPUs))")
     pr.set_defaults(fn=cmd_prepare)
 
     t = sub.add_parser("train", help="train a recipe (use `accelerate launch -m mxr0 train` for several processes)")
@@ -275,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--merge", action="store_true", default=True,
                    help="merge LoRA adapters into the weights (always done; the adapter is kept in adapter/)")
     x.set_defaults(fn=cmd_export)
+
+    ph = sub.add_parser("push", help="upload a run's export with a model card to the Hugging Face Hub (private by default)")
+    ph.add_argument("run_dir", help="a training run folder (recipe.yaml, results.json, export/)")
+    ph.add_argument("--repo-id", required=True, help="Hub repository OWNER/NAME (created when missing)")
+    ph.add_argument("--public", action="store_true", help="create the repository public (default: private)")
+    ph.add_argument("--revision", default=None, help="branch to push to (created when missing; default main)")
+    ph.add_argument("--eval", nargs="+", default=[], metavar="PATH",
+                    help="evaluation outputs for the card (mxr0 eval JSON / Markdown, or folders of them)")
+    ph.add_argument("--card-only", metavar="OUT.md", help="write the model card here and upload nothing")
+    ph.add_argument("--endpoint", default=None, help="Hub server URL (default: $HF_ENDPOINT or huggingface.co)")
+    ph.add_argument("--message", default=None, help="commit message")
+    ph.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
+    ph.set_defaults(fn=cmd_push)
 
     c = sub.add_parser("config", help="show or dump a resolved recipe")
     c.add_argument("action", choices=["show", "dump"])

@@ -130,6 +130,15 @@ class TrainConfig:
     """Loggers: ``jsonl`` (metrics.jsonl in the run folder), ``tensorboard``, ``wandb`` (if installed)."""
     progress: bool = True
     """Show a tqdm progress bar (loss, learning rate, samples/s) on the main process."""
+    push_to_hub: bool = False
+    """After training, upload the export and a model card to ``hub_repo_id`` (as ``mxr0 push`` does); a failed
+    push is logged and leaves the export in the run folder."""
+    hub_repo_id: str = ""
+    """Hub repository ``OWNER/NAME`` for ``push_to_hub`` (token: ``HF_TOKEN`` or the stored Hub login)."""
+    hub_private: bool = True
+    """Create the Hub repository private (an existing repository keeps its visibility)."""
+    hub_revision: str | None = None
+    """Branch to push to (created when missing); ``null`` is the default branch."""
 
 
 @dataclass
@@ -137,7 +146,7 @@ class Recipe:
     """A whole training recipe."""
 
     task: str = "classify"
-    """Which task trains: one of ``mxr0.tasks.TASKS`` (``classify``, ``ssl``, ``align``)."""
+    """Which task trains: one of ``mxr0.tasks.TASKS`` (``classify``, ``ssl``, ``align``, ``report``)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Records and their filtering."""
     model: Any = None

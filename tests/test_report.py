@@ -18,7 +18,7 @@ TINY = REPO / "recipes/tiny/mxr0_report.yaml"
 
 def tiny_report(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "data.source=records", f"data.path={data}", f"train.output_dir={out}", "model.image_size=56",
+        "data.source=records", f"data.path={data}", f"train.output_dir={out}", "model.vision=", "model.image_size=56",
         "model.vision_config={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, mlp_ratio: 2, "
         "patch_size: 14, num_register_tokens: 2}",
         "model.llm_config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
@@ -100,7 +100,9 @@ def test_export_loads_with_plain_transformers_and_the_processor_matches(lora_run
     msgs = study_messages({}, ["frontal"], settings["instruction"], [])
     ours, _ = encode_example(processor.tokenizer, msgs, None, settings["n_image_tokens"])
     text = processor.apply_chat_template(msgs, add_generation_prompt=True)
-    image = (torch.rand(64, 64) * 255).to(torch.uint8).numpy()
+    from PIL import Image
+
+    image = Image.fromarray((torch.rand(64, 64) * 255).to(torch.uint8).numpy()).convert("RGB")
     theirs = processor(text=text, images=[image], return_tensors="pt")
     ids = theirs["input_ids"][0].tolist()
     if processor.tokenizer.bos_token_id is not None and ids[0] != processor.tokenizer.bos_token_id:
@@ -135,14 +137,21 @@ def test_merged_export_generates_the_same_tokens_as_the_adapter_model(lora_run, 
 
 
 def test_lora_resume_gives_the_same_adapter(lora_run, phantom_small):
+    """A LoRA run stopped after its step-4 checkpoint (later state deleted, as a kill leaves it) and resumed
+    ends with the uninterrupted run's adapter, bit for bit."""
+    import shutil
+
     from safetensors.torch import load_file
 
     root, s1, s2 = lora_run
-    common = [f"model.init_from={s1['export_dir']}", "model.train_llm=lora", "model.lora_r=4", "model.lora_alpha=8",
-              "model.train_vision=frozen", "train.save_every=4"]
     run = root / "resumed"
-    train(load_recipe(TINY, tiny_report(phantom_small, run, *common, "train.max_steps=4")))
-    train(load_recipe(TINY, tiny_report(phantom_small, run, *common, "train.max_steps=8")), resume="latest")
+    shutil.copytree(s2["run_dir"], run)
+    shutil.rmtree(run / "checkpoints" / "step-00000008")
+    shutil.rmtree(run / "export")
+    common = [f"model.init_from={s1['export_dir']}", "model.train_llm=lora", "model.lora_r=4", "model.lora_alpha=8",
+              "model.train_vision=frozen", "train.save_every=4", "train.max_steps=8"]
+    resumed = train(load_recipe(TINY, tiny_report(phantom_small, run, *common)), resume="latest")
+    assert resumed["state"]["step"] == 8
     a = load_file(str(Path(s2["export_dir"]) / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(run / "export" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and any("lora_B" in k for k in a)

@@ -98,13 +98,13 @@ def encode_example(tokenizer, messages: list[dict], answer: str | None, n_image_
 
     With ``answer=None`` only the prompt with the generation prefix is encoded (for generation)."""
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(expand_image_tokens(prompt, n_image_tokens), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(expand_image_tokens(prompt, n_image_tokens), add_special_tokens=False, verbose=False)["input_ids"]
     if tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
         ids = [tokenizer.bos_token_id] + ids
     if answer is None:
         return ids, [-100] * len(ids)
     end = "<|end|>" if "<|end|>" in tokenizer.get_vocab() else ""
-    ans = tokenizer(answer.strip() + end, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ans = tokenizer(answer.strip() + end, add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
     if max_length is not None and len(ids) + len(ans) > max_length:
         keep = max_length - len(ids)
         if keep < 8:

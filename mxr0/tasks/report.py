@@ -241,6 +241,16 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
         return iter([i for b in batches for i in b])
 
 
+def _check_local_path(value: str, key: str) -> None:
+    """A clear error for a missing local folder (Hub ids are ``org/name``: one slash, no leading dot)."""
+    if not value or Path(value).exists():
+        return
+    if value.startswith((".", "/", "~")) or value.count("/") > 1:
+        hint = " (train recipes/tiny/classify.yaml first, or set it to an encoder folder / Hub id)" \
+            if "classify" in value else ""
+        raise ConfigError(f"{key}={value!r}: no such folder{hint}")
+
+
 class ReportTask(Task):
     name = "report"
     ModelConfig = ReportModelConfig
@@ -257,6 +267,8 @@ class ReportTask(Task):
             vals = getattr(c, key)
             if any(s not in allowed for s in vals) or (key == "target_sections" and not vals):
                 raise ConfigError(f"model.{key}={vals}: choose from {list(allowed)}")
+        for key in ("vision", "llm", "init_from"):
+            _check_local_path(getattr(c, key), f"model.{key}")
         if c.train_llm == "qlora" and not torch.cuda.is_available():
             raise ConfigError("model.train_llm=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine "
                               "use model.train_llm=lora (or full for tiny models)")

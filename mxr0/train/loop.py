@@ -350,8 +350,28 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         trackers.write_results(result)
         trackers.close()
         tqdm.write(f"[mxr0] done: step {state.step}, eval: {_fmt(last_eval)}; model in {export_dir}")
+        if t.push_to_hub:
+            _push_after_training(recipe, run_dir, export_dir, result)
     accelerator.end_training()
     return result
+
+
+def _push_after_training(recipe: Recipe, run_dir: Path, export_dir: Path, result: dict) -> None:
+    """``train.push_to_hub``: upload the export and its card; a failure is logged, never raised (the
+    trained model is already safe in the run folder)."""
+    t = recipe.train
+    retry = f"mxr0 push {run_dir} --repo-id {t.hub_repo_id or 'OWNER/NAME'}" + ("" if t.hub_private else " --public") + (
+        f" --revision {t.hub_revision}" if t.hub_revision else "")
+    try:
+        if not t.hub_repo_id:
+            raise ValueError("train.push_to_hub=true needs train.hub_repo_id=OWNER/NAME")
+        from mxr0.hub import push_run
+
+        result["hub_url"] = push_run(run_dir, t.hub_repo_id, private=t.hub_private, revision=t.hub_revision)
+        log.info("pushed to the Hub: %s", result["hub_url"])
+    except Exception as e:  # noqa: BLE001 - a failed upload must not lose the trained model
+        log.error("push to the Hub failed (%s: %s). The export is safe at %s; retry with: %s",
+                  type(e).__name__, e, export_dir, retry)
 
 
 def _record_bad_samples(run_dir: Path, rank: int, step: int, skipped: list[str]) -> None:
