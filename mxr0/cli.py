@@ -225,7 +225,7 @@ def cmd_config(args) -> int:
 def cmd_demo(args) -> int:
     from mxr0.demo import run_demo
 
-    return run_demo(out=args.out, data=args.data, fast=args.fast, xr0=not args.skip_xr0)
+    return run_demo(out=args.out, data=args.data, fast=args.fast, xr0=not args.skip_xr0, report=not args.skip_report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default="data_cache/phantom", help="where the phantom set is drawn")
     d.add_argument("--fast", action="store_true", help="a smaller, quicker demo (smoke test)")
     d.add_argument("--skip-xr0", action="store_true", help="leave out the XR-0 self-supervised part")
+    d.add_argument("--skip-report", action="store_true", help="leave out the report-generation part")
     d.set_defaults(fn=cmd_demo)
 
     pr = sub.add_parser("prepare", help="convert a source into canonical study records")

@@ -4,7 +4,9 @@
    contact sheet of it;
 2. train the tiny finding classifier (`recipes/tiny/classify.yaml`) with the one training loop;
 3. evaluate the exported Hugging Face model on held-out test studies and print the AUROC table;
-4. pretrain the tiny XR-0 encoder self-supervised (DINO + iBOT + KoLeo) and compare it with random
+4. train a tiny mXR-0 report generator on the classifier's encoder, generate the test reports and
+   score their findings against the labels (`mxr0.demo_report`);
+5. pretrain the tiny XR-0 encoder self-supervised (DINO + iBOT + KoLeo) and compare it with random
    initialisation on the frozen-encoder suite (`mxr0.demo_ssl`).
 """
 
@@ -26,7 +28,8 @@ def recipe_path(name: str) -> Path:
     raise FileNotFoundError(f"recipe {name} not found under {here.parent}; run from a checkout of mxr0")
 
 
-def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: bool = False, xr0: bool = True) -> int:
+def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: bool = False, xr0: bool = True,
+             report: bool = True) -> int:
     from mxr0.config import load_recipe
     from mxr0.data.phantom import generate_phantom, preview_grid
     from mxr0.data.records import read_records
@@ -42,7 +45,7 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
     if fast:
         overrides += ["train.epochs=2", "train.eval_every=0", "train.save_every=0"]
 
-    n_parts = 4 if xr0 else 3
+    n_parts = 3 + int(report) + int(xr0)
     print(f"[demo] 1/{n_parts} drawing {n} phantom studies at {size} px into {data}")
     t0 = time.perf_counter()
     records_path = generate_phantom(data, n_studies=n, image_size=size, seed=0, overwrite=False, progress=True)
@@ -70,10 +73,16 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
           f"training {t_train:.0f} s, total {summary['total_seconds']:.0f} s")
     print(f"[demo] model: {result['export_dir']} (loads with transformers AutoModelForImageClassification)")
     print(f"[demo] logs: {result['run_dir']}/metrics.jsonl, tensorboard --logdir {result['run_dir']}/tensorboard")
+    if report:
+        from mxr0.demo_report import run_report_demo
+
+        print(f"[demo] 4/{n_parts} report generation: tiny VLM on the classifier's encoder (recipes/tiny/mxr0_report.yaml)")
+        summary["report"] = run_report_demo(out_dir, data, result["export_dir"], fast=fast)
+        (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     if xr0:
         from mxr0.demo_ssl import run_ssl_demo
 
-        print(f"[demo] 4/{n_parts} XR-0 self-supervised pretraining and the frozen-encoder suite")
+        print(f"[demo] {n_parts}/{n_parts} XR-0 self-supervised pretraining and the frozen-encoder suite")
         summary["xr0"] = run_ssl_demo(out_dir, data, fast=fast)
         (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[demo] finished in {time.perf_counter() - t_start:.0f} s; results in {out_dir}")

@@ -59,7 +59,19 @@ def load_encoder(name_or_path: str | os.PathLike, num_register_tokens: int | Non
         )
     for k, v in config_overrides.items():
         setattr(config, k, v)
-    model = AutoModel.from_pretrained(str(name_or_path), config=config)
+    head = any("ForImageClassification" in a for a in (getattr(config, "architectures", None) or []))
+    if head:  # a classifier export: its head is dropped on purpose, so the "unexpected keys" report is noise
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModel.from_pretrained(str(name_or_path), config=config)
+        finally:
+            hf_logging.set_verbosity(level)
+        log.info("loaded the encoder of classifier %s (its classification head is not used)", name_or_path)
+    else:
+        model = AutoModel.from_pretrained(str(name_or_path), config=config)
     have = int(getattr(model.config, "num_register_tokens", 0) or 0)
     if num_register_tokens is None or int(num_register_tokens) == have:
         return model
