@@ -190,3 +190,34 @@ def test_generate_split_resumes_and_generate_cli(lora_run, phantom_small, tmp_pa
     assert rows[0]["report"] == "kept"
     assert main(["generate", "--model", s2["export_dir"], "--image", recs[1]["images"][0]["path"],
                  "--max-new-tokens", "6"]) == 0
+
+
+def test_lora_with_gradient_checkpointing_trains_the_adapter(phantom_small, tmp_path):
+    from safetensors.torch import load_file
+
+    run = train(load_recipe(TINY, tiny_report(phantom_small, tmp_path / "gc", "model.train_llm=lora", "model.lora_r=4",
+                                              "model.train_vision=lora", "train.gradient_checkpointing=true",
+                                              "model.eval_generate=0", "train.max_steps=3")))
+    adapter = load_file(str(Path(run["export_dir"]) / "adapter" / "adapter_model.safetensors"))
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert any("vision_tower" in k for k in lora_b) and any("language_model" in k for k in lora_b)
+    assert all(float(v.abs().max()) > 0 for v in lora_b.values())  # B starts at zero: every one was trained
+
+
+def test_cached_frozen_features_train_like_the_images(phantom_small, tmp_path):
+    """With the encoder frozen and no augmentation, caching its features changes nothing but speed."""
+    from safetensors.torch import load_file
+
+    common = ["model.train_vision=frozen", "model.augment=false", "model.eval_generate=2", "train.max_steps=3"]
+    a = train(load_recipe(TINY, tiny_report(phantom_small, tmp_path / "plain", *common)))
+    b = train(load_recipe(TINY, tiny_report(phantom_small, tmp_path / "cached", *common, "model.cache_features=true")))
+    assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-4)
+    wa, wb = (load_file(str(Path(r["export_dir"]) / "model.safetensors")) for r in (a, b))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5, msg=k)
+    with pytest.raises(ConfigError, match="cache_features"):
+        from mxr0.tasks.report import ReportTask
+
+        ReportTask(load_recipe(TINY, tiny_report(phantom_small, tmp_path / "x", "model.cache_features=true",
+                                                 "model.augment=true")))

@@ -102,6 +102,10 @@ class ReportModelConfig:
     """Light image augmentation in training (never flips)."""
     group_by_length: bool = True
     """Batches of similar length (less padding): shuffled megabatches sorted by length."""
+    cache_features: bool = False
+    """Run the frozen vision tower once over every training and evaluation image and reuse its hidden
+    states every epoch (needs ``train_vision: frozen`` and ``augment: false``; kept in RAM as float16,
+    so for small and medium sets: a size estimate over 8 GB is refused)."""
     eval_generate: int = 48
     """Evaluation studies for which reports are generated (greedy) to compute finding F1; 0 disables."""
     max_new_tokens: int = 160
@@ -146,6 +150,8 @@ class ReportDataset(torch.utils.data.Dataset):
                         "/".join(cfg.target_sections))
         self.tokenizer, self.transform, self.cfg = tokenizer, transform, cfg
         self.n_image_tokens, self.train, self.seed, self.epoch = n_image_tokens, train, seed, 0
+        self.features: list[torch.Tensor] | None = None
+        """Cached vision hidden states per example ([n_images, tokens, width]); used instead of images."""
         self.with_answer = with_answer
         """False: prompt only, for generation."""
         self._lengths: list[int] | None = None
@@ -177,6 +183,11 @@ class ReportDataset(torch.utils.data.Dataset):
         return self._lengths
 
     def pixel_values(self, i: int) -> torch.Tensor:
+        if self.features is not None:
+            return self.features[i].float()
+        return self.read_images(i)
+
+    def read_images(self, i: int) -> torch.Tensor:
         from mxr0.data.augment import light_augment, sample_generator
         from mxr0.data.xray import read_xray
 
@@ -269,6 +280,9 @@ class ReportTask(Task):
                 raise ConfigError(f"model.{key}={vals}: choose from {list(allowed)}")
         for key in ("vision", "llm", "init_from"):
             _check_local_path(getattr(c, key), f"model.{key}")
+        if c.cache_features and (c.train_vision != "frozen" or c.augment):
+            raise ConfigError("model.cache_features=true needs model.train_vision=frozen and model.augment=false "
+                              "(the cached features are those of the unaugmented images through the frozen encoder)")
         if c.train_llm == "qlora" and not torch.cuda.is_available():
             raise ConfigError("model.train_llm=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine "
                               "use model.train_llm=lora (or full for tiny models)")
@@ -278,6 +292,7 @@ class ReportTask(Task):
         self._transform = None
         self.eval_ds: ReportDataset | None = None
         self.train_ds: ReportDataset | None = None
+        self._model = None
 
     # --- parts ---------------------------------------------------------------------------------
     @property
@@ -359,7 +374,8 @@ class ReportTask(Task):
         if len(self.tokenizer) > model.config.text_config.vocab_size:
             model.resize_token_embeddings(len(self.tokenizer))
         model.config.pad_token_id = self.tokenizer.pad_token_id
-        return self._set_trainable(model)
+        self._model = self._set_trainable(model)
+        return self._model
 
     def _load_vlm(self, path: str):
         from transformers import AutoModelForImageTextToText
@@ -427,6 +443,12 @@ class ReportTask(Task):
         log.info("LoRA on %s: %.2fM trainable parameters", targets, n / 1e6)
         return model
 
+    # --- frozen-feature cache --------------------------------------------------------------------
+    def setup(self, total_steps, steps_per_epoch, accelerator):
+        if self.cfg.cache_features:
+            cache_vision_features(accelerator.unwrap_model(model_of(self)), [self.train_ds, self.eval_ds],
+                                  accelerator.device)
+
     # --- train ---------------------------------------------------------------------------------
     def training_step(self, model, batch):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -475,9 +497,70 @@ class ReportTask(Task):
 
     # --- export --------------------------------------------------------------------------------
     def export(self, model, out_dir: Path, accelerator):
+        restore_vision_tower(model)
         if not accelerator.is_main_process:
             return
         save_vlm_export(model, self.tokenizer, self.transform, Path(out_dir), self.cfg, self.n_image_tokens)
+
+
+def model_of(task: ReportTask):
+    """The model the loop built (kept by `build_model` for the feature cache)."""
+    return task._model
+
+
+def llava_core(model: nn.Module) -> nn.Module:
+    """The ``LlavaModel`` inside a (peft-wrapped) ``LlavaForConditionalGeneration``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+@torch.no_grad()
+def cache_vision_features(model: nn.Module, datasets: list, device, batch_size: int = 32, limit_gb: float = 8.0) -> None:
+    """Compute the frozen vision tower's hidden states once for every example of ``datasets`` and make the
+    tower return them instead of recomputing (its weights and state-dict names are untouched)."""
+    from tqdm.auto import tqdm
+
+    core = llava_core(model)
+    tower = core.vision_tower
+    layer = model.config.vision_feature_layer
+    datasets = [d for d in datasets if d is not None]
+    n_images = sum(len(ex[0]) for d in datasets for ex in d.examples)
+    vcfg = model.config.vision_config
+    size = int(datasets[0].transform.size)
+    p = int(np.ravel(vcfg.patch_size)[0])
+    tokens = (size // p) ** 2 + 1 + int(getattr(vcfg, "num_register_tokens", 0) or 0)
+    gb = n_images * tokens * vcfg.hidden_size * 2 / 1e9
+    if gb > limit_gb:
+        raise ConfigError(f"model.cache_features: {n_images} images x {tokens} tokens x {vcfg.hidden_size} would take "
+                          f"{gb:.1f} GB of RAM (limit {limit_gb} GB); turn the cache off for a set this size")
+    was_training = tower.training
+    tower.eval()
+    for ds in datasets:
+        feats: list[torch.Tensor] = []
+        for i in tqdm(range(len(ds)), desc="caching vision features", leave=False, mininterval=2.0):
+            px = ds.read_images(i).to(device)
+            hs = tower(pixel_values=px, output_hidden_states=True, return_dict=True).hidden_states[layer]
+            feats.append(hs.to("cpu", torch.float16))
+        ds.features = feats
+    tower.train(was_training)
+    n_states = int(vcfg.num_hidden_layers) + 1  # any vision_feature_layer index finds the cached state
+
+    def cached_forward(pixel_values=None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if pixel_values is None or pixel_values.ndim != 3:
+            raise RuntimeError("the vision tower serves cached features: expected [images, tokens, width] inputs")
+        hs = pixel_values.to(next(core.multi_modal_projector.parameters()).dtype)
+        return BaseModelOutputWithPooling(last_hidden_state=hs, pooler_output=hs[:, 0], hidden_states=(hs,) * n_states)
+
+    tower.forward = cached_forward
+    log.info("cached vision features of %d images (%.2f GB float16)", n_images, gb)
+
+
+def restore_vision_tower(model: nn.Module) -> None:
+    tower = llava_core(model).vision_tower
+    if "forward" in tower.__dict__:
+        del tower.forward
 
 
 def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModelConfig, n_image_tokens: int) -> Path:

@@ -150,7 +150,10 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     if t.gradient_checkpointing:
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise ConfigError(f"train.gradient_checkpointing=true but the {recipe.task} model does not support it")
-        model.gradient_checkpointing_enable()
+        try:  # non-reentrant: gradients also reach adapters when the inputs' embeddings are frozen (LoRA)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        except TypeError:
+            model.gradient_checkpointing_enable()
     groups = task.param_groups(model)
     n_trainable = sum(p.numel() for g in groups for p in g["params"])
     if n_trainable == 0:
