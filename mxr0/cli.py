@@ -158,6 +158,16 @@ def cmd_eval_classify(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from mxr0.generate import ModelNotFound
+
+    try:
+        return _generate(args)
+    except ModelNotFound as e:
+        print(f"mxr0 generate: {e}", file=sys.stderr)
+        return 1
+
+
+def _generate(args) -> int:
     from mxr0.generate import generate_split, generate_study
 
     if args.image:
@@ -166,7 +176,7 @@ def cmd_generate(args) -> int:
             return 2
         text = generate_study(args.model, args.image, views=args.view or None, indication=args.indication,
                               technique=args.technique, comparison=args.comparison, stream=True,
-                              max_new_tokens=args.max_new_tokens)
+                              max_new_tokens=args.max_new_tokens, revision=args.revision)
         if not text:
             print("(empty report)")
         return 0
@@ -182,7 +192,7 @@ def cmd_generate(args) -> int:
         records = records[: args.limit]
     out = generate_split(args.model, records, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                          num_beams=args.num_beams, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                         seed=args.seed)
+                         seed=args.seed, revision=args.revision)
     print(f"[mxr0] predictions: {out}")
     return 0
 
@@ -317,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     ea.set_defaults(fn=align_cli.run)
 
     g = sub.add_parser("generate", help="write reports with an exported VLM: one study (streamed) or a split (JSONL)")
-    g.add_argument("--model", required=True, help="export folder of a report-generation run")
+    g.add_argument("--model", required=True, help="export folder of a report-generation run, or a Hub repo id")
+    g.add_argument("--revision", default=None, help="branch, tag or commit of a Hub --model (default main)")
     g.add_argument("--image", action="append", default=[], help="an image of the study (PNG / JPEG / DICOM); repeat")
     g.add_argument("--view", action="append", default=[], help="view of each --image (PA, AP, LATERAL); default PA then LATERAL")
     g.add_argument("--indication", default="")

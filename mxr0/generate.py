@@ -3,6 +3,10 @@
 
     mxr0 generate --model runs/tiny-report/export --image frontal.png --image lateral.dcm --indication "Cough."
     mxr0 generate --model runs/tiny-report/export --data data_cache/phantom --split test --out preds.jsonl
+    mxr0 generate --model my-org/mxr0-report --revision main --data data_cache/phantom --out preds.jsonl
+
+``--model`` is an export folder or a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``,
+which honours ``HF_ENDPOINT``, ``HF_TOKEN`` / ``hf auth login``, ``HF_HOME`` and ``HF_HUB_OFFLINE``).
 
 The prompt is rebuilt exactly as in training from the export's ``mxr0_report.json`` (views, instruction,
 context sections). Batches are left-padded; a greedy batch gives the same tokens as one-by-one decoding
@@ -50,17 +54,71 @@ def generate_batch(model, tokenizer, items: list[dict], max_new_tokens: int = 16
     return [clean_generation(t) for t in tokenizer.batch_decode(new, skip_special_tokens=False)]
 
 
-def load_vlm(model_dir: str | os.PathLike, device: str | None = None):
-    """(model, tokenizer, transform, settings) of an export from the ``report`` task."""
+class ModelNotFound(FileNotFoundError):
+    """``--model`` is neither a local folder nor a Hub repository that can be downloaded; the message says why."""
+
+
+def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as it is; a Hub repo id (``OWNER/NAME``) is downloaded to (or found in) the Hugging Face
+    cache with ``snapshot_download`` and its snapshot folder returned. ``revision``: branch, tag or commit."""
+    path = Path(model)
+    if path.exists():
+        if revision:
+            log.warning("--revision %s is ignored: %s is a local folder", revision, path)
+        return path
+    from mxr0.hub import is_hub_id
+
+    name = str(model)
+    if not is_hub_id(name):
+        raise ModelNotFound(f"{name}: no such folder, and not a Hub repo id (OWNER/NAME)")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    at = f"{name}@{revision}" if revision else name
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT  # read now, as `mxr0 push` does
+    try:
+        folder = snapshot_download(name, revision=revision, repo_type="model", endpoint=endpoint)
+    except RevisionNotFoundError:
+        raise ModelNotFound(f"{name} has no revision {revision!r} on {endpoint}: pass an existing branch, tag or commit "
+                            "with --revision (or leave it out for main)") from None
+    except GatedRepoError:
+        raise ModelNotFound(f"{at} is gated on {endpoint}: accept its terms on the model page, then log in with "
+                            "`hf auth login` (or set HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFound(f"{at} was not found on {endpoint}, or it is private and this token cannot read it: check "
+                            "the repo id, log in with `hf auth login` (or set HF_TOKEN), or pass a local export "
+                            "folder") from None
+    except LocalEntryNotFoundError as e:
+        if constants.is_offline_mode():
+            raise ModelNotFound(f"{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and offline mode is "
+                                "on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): unset it to download, download it "
+                                f"first with `hf download {name}`, or pass a local export folder") from None
+        raise ModelNotFound(f"{at} could not be downloaded from {endpoint} and is not in the cache "
+                            f"({type(e).__name__}): check the network and HF_ENDPOINT, or pass a local export "
+                            "folder") from None
+    except (HfHubHTTPError, OSError) as e:
+        from mxr0.hub import scrub_tokens
+
+        raise ModelNotFound(scrub_tokens(f"downloading {at} from {endpoint} failed: {type(e).__name__}: {e}")) from None
+    log.info("model %s: %s", at, folder)
+    return Path(folder)
+
+
+def load_vlm(model_dir: str | os.PathLike, device: str | None = None, revision: str | None = None):
+    """(model, tokenizer, transform, settings) of an export from the ``report`` task: a local folder or a Hub
+    repo id (see `resolve_model_dir`)."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from mxr0.data.transforms import ImageTransform
 
-    model_dir = Path(model_dir)
+    source = str(model_dir)
+    model_dir = resolve_model_dir(model_dir, revision)
     settings_file = model_dir / "mxr0_report.json"
     if not settings_file.exists():
-        raise FileNotFoundError(f"{settings_file} is missing: {model_dir} is not an mxr0 report-generation export "
-                                "(train recipes/tiny/mxr0_report.yaml, or pass the run's export/ folder)")
+        where = str(model_dir) if source == str(model_dir) else f"{source} (downloaded to {model_dir})"
+        raise ModelNotFound(f"mxr0_report.json is missing: {where} is not an mxr0 report-generation export "
+                            "(train recipes/tiny/mxr0_report.yaml, or pass the run's export/ folder)")
     settings = json.loads(settings_file.read_text())
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir)).eval().to(device)
@@ -81,14 +139,15 @@ def _config_from(settings: dict):
 
 def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: str | os.PathLike, batch_size: int = 16,
                    max_new_tokens: int | None = None, num_beams: int = 1, do_sample: bool = False,
-                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True) -> Path:
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
+                   revision: str | None = None) -> Path:
     """Write ``{"study_id", "report"}`` lines for ``records`` to ``out_path``; studies already in the file
     are skipped (resume after an interruption). Each batch is appended and flushed as it completes."""
     from tqdm.auto import tqdm
 
     from mxr0.tasks.report import ReportDataset
 
-    model, tokenizer, transform, settings = load_vlm(model_dir)
+    model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
     cfg = _config_from(settings)
     out_path = Path(out_path)
     done: set[str] = set()
@@ -129,13 +188,13 @@ def _drop_partial_last_line(path: Path) -> None:
 
 def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[str] | None = None,
                    indication: str = "", technique: str = "", comparison: str = "", stream: bool = True,
-                   max_new_tokens: int | None = None) -> str:
+                   max_new_tokens: int | None = None, revision: str | None = None) -> str:
     """A report for one study from image files (PNG / JPEG / DICOM), streamed to stdout when ``stream``."""
     from transformers import TextStreamer
 
     from mxr0.tasks.report import ReportDataset
 
-    model, tokenizer, transform, settings = load_vlm(model_dir)
+    model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
     cfg = _config_from(settings)
     views = views or (["PA", "LATERAL", "PA"][: len(images)])
     record = {"study_id": "study", "images": [{"path": str(p), "view": v, "role": "current"} for p, v in zip(images, views)],
