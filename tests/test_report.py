@@ -23,7 +23,7 @@ def tiny_report(data: Path, out: Path, *extra: str) -> list[str]:
         "patch_size: 14, num_register_tokens: 2}",
         "model.llm_config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
         "num_key_value_heads: 2}",
-        "model.tokenizer_vocab_size=400", "model.eval_generate=4", "model.max_new_tokens=12", "model.max_length=256",
+        "model.tokenizer_vocab_size=400", "model.cache_features=false", "model.augment=true", "model.eval_generate=4", "model.max_new_tokens=12", "model.max_length=256",
         "train.batch_size=8", "train.max_steps=4", "train.eval_every=0", "train.save_every=0", "train.progress=false",
         "train.trackers=[jsonl]", *extra,
     ]

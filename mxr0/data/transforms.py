@@ -295,6 +295,14 @@ class ImageTransform:
         processor = AutoImageProcessor.from_pretrained(str(name_or_path))
         return cls.from_processor_config(processor.to_dict())
 
+    @classmethod
+    def for_encoder(cls, name_or_path: str | os.PathLike[str] | None, size: int, mean, std) -> ImageTransform:
+        """The transform of a pretrained encoder (its image-processor config) when ``name_or_path`` is
+        set, else a new encoder's: ``size`` with the recipe's ``mean`` / ``std`` (what every task does)."""
+        if name_or_path:
+            return cls.from_pretrained(name_or_path)
+        return cls(size=size, mean=tuple(mean), std=tuple(std))
+
     def to_processor_config(self) -> dict[str, Any]:
         """A ``BitImageProcessor`` config equivalent to this transform (no remote code needed).
 

@@ -246,8 +246,7 @@ class AlignTask(Task):
 
         if self._transform is None:
             c = self.cfg
-            self._transform = (ImageTransform.from_pretrained(c.vision) if c.vision else
-                               ImageTransform(size=c.image_size, mean=tuple(c.image_mean), std=tuple(c.image_std)))
+            self._transform = ImageTransform.for_encoder(c.vision, c.image_size, c.image_mean, c.image_std)
         return self._transform
 
     # --- build ---------------------------------------------------------------------------------

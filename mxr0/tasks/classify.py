@@ -159,11 +159,8 @@ class ClassifyTask(Task):
         from mxr0.data.transforms import ImageTransform
 
         if self._transform is None:
-            if self.cfg.encoder:
-                self._transform = ImageTransform.from_pretrained(self.cfg.encoder)
-            else:
-                self._transform = ImageTransform(size=self.cfg.image_size, mean=tuple(self.cfg.image_mean),
-                                                 std=tuple(self.cfg.image_std))
+            c = self.cfg
+            self._transform = ImageTransform.for_encoder(c.encoder, c.image_size, c.image_mean, c.image_std)
         return self._transform
 
     def build_datasets(self):

@@ -301,9 +301,7 @@ class ReportTask(Task):
 
         if self._transform is None:
             c = self.cfg
-            src = c.init_from or c.vision
-            self._transform = (ImageTransform.from_pretrained(src) if src else
-                               ImageTransform(size=c.image_size, mean=tuple(c.image_mean), std=tuple(c.image_std)))
+            self._transform = ImageTransform.for_encoder(c.init_from or c.vision, c.image_size, c.image_mean, c.image_std)
         return self._transform
 
     def _build_tokenizer(self, train_records):
