@@ -194,6 +194,12 @@ def _generate(args) -> int:
                          num_beams=args.num_beams, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
                          seed=args.seed, revision=args.revision)
     print(f"[mxr0] predictions: {out}")
+    if args.write_refs:
+        from mxr0.generate import load_settings, write_references
+
+        sections = load_settings(args.model, args.revision)["target_sections"]
+        refs = write_references(records, args.write_refs, sections)
+        print(f"[mxr0] references: {refs}  (mxr0 eval reports --pred {out} --ref {refs})")
     return 0
 
 
@@ -339,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--anatomies", nargs="*", default=["chest"])
     g.add_argument("--limit", type=int, default=0, help="first N studies only")
     g.add_argument("--out", help="predictions JSONL (resumes: studies already there are skipped)")
+    g.add_argument("--write-refs", metavar="REFS.jsonl",
+                   help="also write the studies' reference reports (for mxr0 eval reports --ref)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--num-beams", type=int, default=1)

@@ -105,6 +105,18 @@ def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> 
     return Path(folder)
 
 
+def load_settings(model_dir: str | os.PathLike, revision: str | None = None) -> dict:
+    """The prompt settings (``mxr0_report.json``) of a report-generation export (folder or repo id)."""
+    source = str(model_dir)
+    folder = resolve_model_dir(model_dir, revision)
+    settings_file = folder / "mxr0_report.json"
+    if not settings_file.exists():
+        where = str(folder) if source == str(folder) else f"{source} (downloaded to {folder})"
+        raise ModelNotFound(f"mxr0_report.json is missing: {where} is not an mxr0 report-generation export "
+                            "(train recipes/tiny/mxr0_report.yaml, or pass the run's export/ folder)")
+    return json.loads(settings_file.read_text())
+
+
 def load_vlm(model_dir: str | os.PathLike, device: str | None = None, revision: str | None = None):
     """(model, tokenizer, transform, settings) of an export from the ``report`` task: a local folder or a Hub
     repo id (see `resolve_model_dir`)."""
@@ -112,14 +124,8 @@ def load_vlm(model_dir: str | os.PathLike, device: str | None = None, revision: 
 
     from mxr0.data.transforms import ImageTransform
 
-    source = str(model_dir)
     model_dir = resolve_model_dir(model_dir, revision)
-    settings_file = model_dir / "mxr0_report.json"
-    if not settings_file.exists():
-        where = str(model_dir) if source == str(model_dir) else f"{source} (downloaded to {model_dir})"
-        raise ModelNotFound(f"mxr0_report.json is missing: {where} is not an mxr0 report-generation export "
-                            "(train recipes/tiny/mxr0_report.yaml, or pass the run's export/ folder)")
-    settings = json.loads(settings_file.read_text())
+    settings = load_settings(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir)).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -178,6 +184,23 @@ def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: 
     if len(done):
         log.info("resumed: %d studies were already in %s", len(done), out_path)
     return out_path
+
+
+def write_references(records: list[dict], path: str | os.PathLike, sections: list[str]) -> Path:
+    """The reference reports of ``records`` (the sections the model writes) as JSONL keyed by study id, the
+    ``--ref`` side of `mxr0 eval reports`."""
+    from mxr0.tasks.report import report_answer
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            text = report_answer(r, sections)
+            if text:
+                f.write(json.dumps({"study_id": r["study_id"], "report": text}) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _drop_partial_last_line(path: Path) -> None:

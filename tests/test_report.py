@@ -183,8 +183,14 @@ def test_generate_split_resumes_and_generate_cli(lora_run, phantom_small, tmp_pa
     recs = [r for r in read_records(phantom_small, splits=["test"]) if r["anatomy"] == "chest"][:5]
     out = tmp_path / "preds.jsonl"
     out.write_text(json.dumps({"study_id": recs[0]["study_id"], "report": "kept"}) + "\n" + '{"study_id": "tru')
+    refs = tmp_path / "refs.jsonl"
     assert main(["generate", "--model", s2["export_dir"], "--data", str(phantom_small), "--split", "test",
-                 "--limit", "5", "--out", str(out), "--batch-size", "2", "--max-new-tokens", "8"]) == 0
+                 "--limit", "5", "--out", str(out), "--batch-size", "2", "--max-new-tokens", "8",
+                 "--write-refs", str(refs)]) == 0
+    ref_rows = [json.loads(line) for line in refs.read_text().splitlines()]
+    assert [r["study_id"] for r in ref_rows] == [r["study_id"] for r in recs]
+    assert ref_rows[0]["report"].startswith("Findings:") or ref_rows[0]["report"].startswith("Impression:")
+    assert main(["eval", "reports", "--pred", str(out), "--ref", str(refs), "--metrics", "nlg", "--bootstrap", "0"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["study_id"] for r in rows] == [r["study_id"] for r in recs]
     assert rows[0]["report"] == "kept"
