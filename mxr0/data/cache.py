@@ -172,36 +172,34 @@ def _records_file(path: Path) -> Path:
     return path
 
 
-def _remove_tmp_files(out: Path) -> int:
-    n = 0
+def _cache_files(out: Path):
+    """(``kind/shard/name`` key, entry) of every file under the cache's image and mask folders."""
     for kind in _KINDS:
         base = out / kind
         if not base.is_dir():
             continue
         for sub in os.scandir(base):
-            if not sub.is_dir():
-                continue
-            for f in os.scandir(sub.path):
-                if _TMP.match(f.name):
-                    os.unlink(f.path)
-                    n += 1
+            if sub.is_dir():
+                for f in os.scandir(sub.path):
+                    yield f"{kind}/{sub.name}/{f.name}", f
+
+
+def _remove_tmp_files(out: Path) -> int:
+    n = 0
+    for _, f in _cache_files(out):
+        if _TMP.match(f.name):
+            os.unlink(f.path)
+            n += 1
     return n
 
 
 def _prune(out: Path, keep: set[str]) -> int:
     """Remove cached files that the new records do not reference; return how many."""
     n = 0
-    for kind in _KINDS:
-        base = out / kind
-        if not base.is_dir():
-            continue
-        for sub in os.scandir(base):
-            if not sub.is_dir():
-                continue
-            for f in os.scandir(sub.path):
-                if f.name.endswith(".png") and f"{kind}/{sub.name}/{f.name}" not in keep:
-                    os.unlink(f.path)
-                    n += 1
+    for key, f in _cache_files(out):
+        if f.name.endswith(".png") and key not in keep:
+            os.unlink(f.path)
+            n += 1
     return n
 
 

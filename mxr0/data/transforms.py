@@ -303,6 +303,23 @@ class ImageTransform:
             return cls.from_pretrained(name_or_path)
         return cls(size=size, mean=tuple(mean), std=tuple(std))
 
+    def to_image_processor(self):
+        """This transform as a Hugging Face ``BitImageProcessor`` (its PIL backend where transformers has one,
+        saved as the same type: no torchvision needed), for processors bundled with a model."""
+        import transformers
+
+        cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
+        return cls(**{k: v for k, v in self.to_processor_config().items()
+                      if k not in ("image_processor_type", "processor_class")})
+
+    def save_pretrained(self, out_dir: str | os.PathLike[str], keep_existing: bool = False) -> Path:
+        """Write ``preprocessor_config.json`` (what `from_pretrained` and ``AutoImageProcessor`` read) into
+        ``out_dir``; ``keep_existing`` leaves one already written by a processor's ``save_pretrained``."""
+        path = Path(out_dir) / "preprocessor_config.json"
+        if not (keep_existing and path.exists()):
+            path.write_text(json.dumps(self.to_processor_config(), indent=2))
+        return path
+
     def to_processor_config(self) -> dict[str, Any]:
         """A ``BitImageProcessor`` config equivalent to this transform (no remote code needed).
 

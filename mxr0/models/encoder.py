@@ -29,15 +29,22 @@ def patch_size(model: nn.Module) -> int:
     return int(p[0] if isinstance(p, (list, tuple)) else p)
 
 
-def new_encoder(image_size: int, **config_kwargs):
-    """A randomly initialised ``Dinov2WithRegistersModel`` (seed with ``torch.manual_seed`` first)."""
-    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+def new_encoder_config(image_size: int, **config_kwargs):
+    """The ``Dinov2WithRegistersConfig`` of a new encoder; ``intermediate_size`` is accepted and turned into
+    ``mlp_ratio`` (transformers 5 DINOv2 configs take the ratio)."""
+    from transformers import Dinov2WithRegistersConfig
 
-    if "intermediate_size" in config_kwargs:  # transformers 5 DINOv2 configs take mlp_ratio
+    if "intermediate_size" in config_kwargs:
         inter = config_kwargs.pop("intermediate_size")
         config_kwargs["mlp_ratio"] = int(inter) // int(config_kwargs.get("hidden_size", 768))
-    config = Dinov2WithRegistersConfig(image_size=image_size, **config_kwargs)
-    return Dinov2WithRegistersModel(config)
+    return Dinov2WithRegistersConfig(image_size=image_size, **config_kwargs)
+
+
+def new_encoder(image_size: int, **config_kwargs):
+    """A randomly initialised ``Dinov2WithRegistersModel`` (seed with ``torch.manual_seed`` first)."""
+    from transformers import Dinov2WithRegistersModel
+
+    return Dinov2WithRegistersModel(new_encoder_config(image_size, **config_kwargs))
 
 
 def load_encoder(name_or_path: str | os.PathLike, num_register_tokens: int | None = None, **config_overrides):

@@ -368,21 +368,13 @@ class AlignTask(Task):
 def save_align_export(model: nn.Module, tokenizer, transform, out_dir: Path, settings: dict) -> None:
     """The dual encoder, tokenizer, image processor (as a ``VisionTextDualEncoderProcessor``) and
     ``mxr0_align.json``, all loadable without mxr0."""
-    import transformers
     from transformers import VisionTextDualEncoderProcessor
-
-    # the PIL backend (saved as the same BitImageProcessor type) needs no torchvision
-    BitImageProcessor = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.dual.save_pretrained(out_dir, safe_serialization=True)
-    image_processor = BitImageProcessor(**{k: v for k, v in transform.to_processor_config().items()
-                                           if k not in ("image_processor_type", "processor_class")})
-    VisionTextDualEncoderProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out_dir)
-    # our exact transform (resize / crop / normalisation), which AutoImageProcessor also reads
-    cfg_path = out_dir / "preprocessor_config.json"
-    if not cfg_path.exists():
-        cfg_path.write_text(json.dumps(transform.to_processor_config(), indent=2))
+    processor = VisionTextDualEncoderProcessor(image_processor=transform.to_image_processor(), tokenizer=tokenizer)
+    processor.save_pretrained(out_dir)
+    transform.save_pretrained(out_dir, keep_existing=True)  # our exact transform, also for AutoImageProcessor
     bias = model.logit_bias
     settings = {**settings, "logit_bias": None if bias is None else float(bias.detach())}
     (out_dir / "mxr0_align.json").write_text(json.dumps(settings, indent=2))

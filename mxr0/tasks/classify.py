@@ -234,6 +234,6 @@ class ClassifyTask(Task):
             return
         out_dir = Path(out_dir)
         model.save_pretrained(out_dir, safe_serialization=True)
-        (out_dir / "preprocessor_config.json").write_text(json.dumps(self.transform.to_processor_config(), indent=2))
+        self.transform.save_pretrained(out_dir)
         policy = {"labels": self.labels, "uncertain": self.cfg.uncertain, "blank": self.cfg.blank}
         (out_dir / "mxr0_labels.json").write_text(json.dumps(policy, indent=2))

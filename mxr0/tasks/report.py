@@ -293,6 +293,7 @@ class ReportTask(Task):
         self.eval_ds: ReportDataset | None = None
         self.train_ds: ReportDataset | None = None
         self._model = None
+        """The model `build_model` returned (the feature cache patches its vision tower in `setup`)."""
 
     # --- parts ---------------------------------------------------------------------------------
     @property
@@ -328,17 +329,16 @@ class ReportTask(Task):
         return image_token_count(self._vision_config(), self.transform.size, self.cfg.select_strategy)
 
     def _vision_config(self):
-        from transformers import AutoConfig, Dinov2WithRegistersConfig
+        from transformers import AutoConfig
+
+        from mxr0.models.encoder import new_encoder_config
 
         c = self.cfg
         if c.init_from:
             return AutoConfig.from_pretrained(c.init_from).vision_config
         if c.vision:
             return AutoConfig.from_pretrained(c.vision)
-        kw = dict(c.vision_config)
-        if "intermediate_size" in kw:
-            kw["mlp_ratio"] = int(kw.pop("intermediate_size")) // int(kw.get("hidden_size", 768))
-        return Dinov2WithRegistersConfig(image_size=c.image_size, **kw)
+        return new_encoder_config(c.image_size, **c.vision_config)
 
     def build_datasets(self):
         d = self.recipe.data
@@ -444,8 +444,7 @@ class ReportTask(Task):
     # --- frozen-feature cache --------------------------------------------------------------------
     def setup(self, total_steps, steps_per_epoch, accelerator):
         if self.cfg.cache_features:
-            cache_vision_features(accelerator.unwrap_model(model_of(self)), [self.train_ds, self.eval_ds],
-                                  accelerator.device)
+            cache_vision_features(self._model, [self.train_ds, self.eval_ds], accelerator.device)
 
     # --- train ---------------------------------------------------------------------------------
     def training_step(self, model, batch):
@@ -499,11 +498,6 @@ class ReportTask(Task):
         if not accelerator.is_main_process:
             return
         save_vlm_export(model, self.tokenizer, self.transform, Path(out_dir), self.cfg, self.n_image_tokens)
-
-
-def model_of(task: ReportTask):
-    """The model the loop built (kept by `build_model` for the feature cache)."""
-    return task._model
 
 
 def llava_core(model: nn.Module) -> nn.Module:
@@ -563,7 +557,6 @@ def restore_vision_tower(model: nn.Module) -> None:
 
 def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModelConfig, n_image_tokens: int) -> Path:
     """The merged Hugging Face model + processor (+ ``adapter/`` when LoRA was used) + ``mxr0_report.json``."""
-    import transformers
     from transformers import LlavaProcessor
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -571,20 +564,14 @@ def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModel
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
     model.save_pretrained(out_dir, safe_serialization=True)
-    image_proc_cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
-    image_processor = image_proc_cls(**{k: v for k, v in transform.to_processor_config().items()
-                                        if k not in ("image_processor_type", "processor_class")})
     vcfg = model.config.vision_config
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+    processor = LlavaProcessor(image_processor=transform.to_image_processor(), tokenizer=tokenizer,
                                patch_size=int(np.ravel(vcfg.patch_size)[0]),
                                vision_feature_select_strategy=model.config.vision_feature_select_strategy,
                                num_additional_image_tokens=1 + int(getattr(vcfg, "num_register_tokens", 0) or 0),
                                chat_template=tokenizer.chat_template)
     processor.save_pretrained(out_dir)
-    # our exact transform, also for AutoImageProcessor (the processor file nests it)
-    cfg_path = out_dir / "preprocessor_config.json"
-    if not cfg_path.exists():
-        cfg_path.write_text(json.dumps(transform.to_processor_config(), indent=2))
+    transform.save_pretrained(out_dir, keep_existing=True)  # also for AutoImageProcessor (the processor file nests it)
     settings = {k: getattr(cfg, k) for k in ("views", "context_sections", "target_sections", "instruction",
                                              "system_prompt", "max_length", "max_new_tokens")}
     settings["n_image_tokens"] = n_image_tokens

@@ -616,7 +616,7 @@ def export_ssl(model: SSLMetaArch, transform, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher = model.teacher["backbone"]
     teacher.save_pretrained(out_dir, safe_serialization=True)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(transform.to_processor_config(), indent=2))
+    transform.save_pretrained(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in model.teacher.state_dict().items()
              if not k.startswith("backbone.")}
     state["loss.dino_center"] = model.dino_loss.center.detach().cpu().contiguous()

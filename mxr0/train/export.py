@@ -44,8 +44,8 @@ def export_checkpoint(run_dir: str | os.PathLike, checkpoint: str = "latest", ou
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise RuntimeError(f"{weights} does not match the recipe's model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if tied:
-        model.tie_weights() if hasattr(model, "tie_weights") else None
+    if tied and hasattr(model, "tie_weights"):
+        model.tie_weights()
     step = read_state(ckpt).step
     out = Path(out_dir) if out_dir else run_dir / f"export-step-{step:08d}"
     task.export(model, out, Accelerator(cpu=True))
