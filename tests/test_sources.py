@@ -183,7 +183,7 @@ def test_normalise_view(raw, view):
 
 
 def test_registry():
-    assert set(SOURCES) == {"iu-xray", "mimic-cxr", "chexpert", "dicom-folder"}
+    assert {"iu-xray", "mimic-cxr", "chexpert", "dicom-folder"} <= set(SOURCES)  # VQA / box sources: test_sources_*
     for name in SOURCES:
         assert callable(get_converter(name))
     with pytest.raises(ValueError, match="unknown source"):

@@ -9,9 +9,17 @@ the records file. Use them from Python::
 
 or from the shell: ``mxr0 prepare mimic-cxr --root /data/mimic-cxr-jpg/2.0.0 --out data_cache/mimic``.
 
-Sources (``SOURCES``): ``iu-xray``, ``mimic-cxr``, ``chexpert``, ``dicom-folder``. The modules are
-imported lazily, so importing this package is cheap. The helpers below (tables, labels, views,
-relative paths, skip counting) are shared by the converters.
+Sources (``SOURCES``):
+
+- reports and labels: ``iu-xray``, ``mimic-cxr``, ``chexpert``, ``dicom-folder``;
+- visual question answering: ``slake`` (SLAKE, English), ``vqa-rad``, ``rexvqa``, ``medical-diff-vqa``
+  (with the prior study as a ``prior`` image);
+- boxes: ``ms-cxr`` (phrases with boxes), ``nih-boxes`` (ChestX-ray14 ``BBox_List_2017.csv``),
+  ``vindr-cxr``, ``rsna-pneumonia``.
+
+The modules are imported lazily, so importing this package is cheap. The helpers below (tables,
+JSON, labels, views, boxes, closed answers, relative paths, skip counting) are shared by the
+converters.
 """
 
 from __future__ import annotations
@@ -20,8 +28,12 @@ import csv
 import gzip
 import importlib
 import io
+import json
 import logging
+import math
 import os
+import re
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,10 +45,14 @@ __all__ = [
     "SOURCES",
     "SourceError",
     "Skips",
+    "closed_answer",
     "convert",
     "get_converter",
+    "normalise_box",
     "normalise_view",
+    "parse_age",
     "parse_label",
+    "read_json",
     "read_table",
     "relative_path",
 ]
@@ -49,6 +65,14 @@ SOURCES: dict[str, str] = {
     "mimic-cxr": "mxr0.data.sources.mimic_cxr:convert",
     "chexpert": "mxr0.data.sources.chexpert:convert",
     "dicom-folder": "mxr0.data.sources.dicom_folder:convert",
+    "slake": "mxr0.data.sources.slake:convert",
+    "vqa-rad": "mxr0.data.sources.vqa_rad:convert",
+    "rexvqa": "mxr0.data.sources.rexvqa:convert",
+    "medical-diff-vqa": "mxr0.data.sources.medical_diff_vqa:convert",
+    "ms-cxr": "mxr0.data.sources.ms_cxr:convert",
+    "nih-boxes": "mxr0.data.sources.nih_boxes:convert",
+    "vindr-cxr": "mxr0.data.sources.vindr_cxr:convert",
+    "rsna-pneumonia": "mxr0.data.sources.rsna_pneumonia:convert",
 }
 
 
@@ -78,23 +102,40 @@ def convert(name: str, root: str | os.PathLike, out: str | os.PathLike, **option
 # tables
 # ---------------------------------------------------------------------------------------------
 def find_table(root: Path, name: str, required: bool = True) -> Path | None:
-    """``root/name`` or ``root/name.gz`` (the MIMIC tables ship gzipped)."""
-    for cand in (root / name, root / f"{name}.gz"):
+    """``root/name``, ``root/name.gz`` or ``root/name.zip`` (the MIMIC tables ship gzipped, Kaggle's zipped)."""
+    for cand in (root / name, root / f"{name}.gz", root / f"{name}.zip"):
         if cand.is_file():
             return cand
     if required:
-        raise FileNotFoundError(f"{root}: neither {name} nor {name}.gz found")
+        raise FileNotFoundError(f"{root}: none of {name}, {name}.gz, {name}.zip found")
     return None
 
 
+def _open_binary(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.namelist() if not m.endswith("/") and not m.startswith("__MACOSX")]
+            if len(members) != 1:
+                raise SourceError(path, f"expected one file in the zip archive, found {members}")
+            return io.BytesIO(zf.read(members[0]))
+    return open(path, "rb")
+
+
+def open_text(path: str | os.PathLike) -> io.TextIOWrapper:
+    """A text stream (UTF-8, BOM dropped, for :mod:`csv`) of a plain, ``.gz`` or one-file ``.zip`` table."""
+    return io.TextIOWrapper(_open_binary(Path(path)), encoding="utf-8-sig", newline="")
+
+
 def read_table(path: str | os.PathLike, required_columns: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield ``(row number, row)`` of a CSV (plain or ``.gz``); row 2 is the first after the header.
+    """Yield ``(row number, row)`` of a CSV (plain, ``.gz`` or a ``.zip`` holding one CSV); row 2 is
+    the first after the header.
 
     Raises :class:`SourceError` naming the file when a required column is missing.
     """
     path = Path(path)
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in required_columns if c not in header]
@@ -102,6 +143,16 @@ def read_table(path: str | os.PathLike, required_columns: tuple[str, ...] = ()) 
             raise SourceError(path, f"missing column(s) {missing}; found {header}")
         for i, row in enumerate(reader, start=2):
             yield i, {k: (v or "").strip() for k, v in row.items() if k is not None}
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; :class:`SourceError` naming the file (and line) when it is not valid JSON."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise SourceError(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +199,65 @@ def frontal_first(images: list[dict]) -> list[dict]:
     """Images reordered (stable) frontal views first, then unknown views, then laterals and
     obliques: tasks take the first image whose view they allow."""
     return sorted(images, key=lambda im: _VIEW_RANK.get(im["view"], 2))
+
+
+def normalise_box(x0: float, y0: float, x1: float, y1: float, width: float, height: float,
+                  tolerance: float = 0.01) -> tuple[float, float, float, float]:
+    """Pixel corners ``(x0, y0)`` top left, ``(x1, y1)`` bottom right in an image of ``width`` ×
+    ``height`` pixels → coordinates normalised to [0, 1] (x right, y down).
+
+    Corners up to ``tolerance`` × the side outside the image are clamped onto it (annotation tools
+    round); a box further out, empty or with a non-positive image size raises ``ValueError``.
+    """
+    if not (width > 0 and height > 0):
+        raise ValueError(f"image size {width} x {height} is not positive")
+    out = []
+    for v, side in ((x0, width), (y0, height), (x1, width), (y1, height)):
+        f = float(v) / float(side)
+        if not -tolerance <= f <= 1 + tolerance:
+            raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) lies outside the {width:g} x {height:g} image")
+        out.append(min(max(f, 0.0), 1.0))
+    if not (out[0] < out[2] and out[1] < out[3]):
+        raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) is empty")
+    return out[0], out[1], out[2], out[3]
+
+
+def parse_number(value: str, path: str | os.PathLike, row: int, field: str) -> float:
+    """A numeric table cell as a finite float; :class:`SourceError` naming the cell otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SourceError(path, f"{value!r} is not a number", row, field) from None
+    if not math.isfinite(v):
+        raise SourceError(path, f"{value!r} is not a finite number", row, field)
+    return v
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([YMWD])?\s*$", re.I)
+_AGE_UNIT = {"Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
+
+
+def parse_age(value: Any) -> float | None:
+    """A patient age (``72``, ``"058Y"``, ``"6M"``, DICOM AgeString style) in years; None when blank or
+    unreadable. Callers check the range (the records accept [0, 130))."""
+    if value is None or value == "":
+        return None
+    m = _AGE.match(str(value))
+    if not m:
+        return None
+    return float(m.group(1)) / _AGE_UNIT[(m.group(2) or "Y").upper()]
+
+
+YES_NO = ("yes", "no")
+
+
+def closed_answer(answer: str) -> tuple[str, list[str]]:
+    """A closed question's ``(answer, options)``: yes / no answers (any case) become ``"yes"`` /
+    ``"no"`` with options ``["yes", "no"]``; any other answer is kept as given, with no options."""
+    low = answer.strip().lower()
+    if low in YES_NO:
+        return low, list(YES_NO)
+    return answer, []
 
 
 def relative_path(path: str | os.PathLike, base: str | os.PathLike) -> str:
