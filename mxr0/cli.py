@@ -17,6 +17,9 @@
     mxr0 eval align --model runs/tiny-align/export --data data_cache/phantom --out runs/tiny-align/eval
     mxr0 generate --model runs/tiny-report/export --data data_cache/phantom --split test --out preds.jsonl
     mxr0 generate --model runs/tiny-report/export --image frontal.dcm --image lateral.dcm --indication "Cough."
+    mxr0 generate --task grounding --model runs/tiny-mixture/export --image cxr.png --prompt "left effusion" \
+        --overlay boxes.png                     boxes as text, drawn on the image (also vqa, localisation)
+    mxr0 generate --task vqa --model runs/tiny-mixture/export --data data_cache/phantom --out vqa.jsonl
     mxr0 export runs/tiny-report --checkpoint latest        a checkpoint as a merged Hugging Face folder
     mxr0 push runs/tiny-classify --repo-id ORG/NAME [--public] [--revision BRANCH] [--eval PATH ...]
                                                 the export + a model card to the Hugging Face Hub (private)
@@ -66,8 +69,13 @@ def cmd_prepare(args) -> int:
     return _prepare_cache(args, path) if args.cache_size else 0
 
 
+_QA_BOX_SOURCES = ("slake", "vqa-rad", "rexvqa", "medical-diff-vqa", "ms-cxr", "nih-boxes", "vindr-cxr",
+                   "rsna-pneumonia")
+
+
 def _prepare_source(args, out: str) -> int:
-    """``mxr0 prepare iu-xray|mimic-cxr|chexpert|dicom-folder``: run the source's converter."""
+    """``mxr0 prepare <source>`` (iu-xray, mimic-cxr, chexpert, dicom-folder and the VQA / box sources):
+    run the source's converter."""
     from mxr0.data.sources import SourceError, convert
 
     if not args.root:
@@ -81,6 +89,20 @@ def _prepare_source(args, out: str) -> int:
                     check_images=not args.no_check_images)
     elif args.source == "chexpert":
         opts.update(check_images=not args.no_check_images)
+    elif args.source in _QA_BOX_SOURCES:
+        opts.update(check_images=not args.no_check_images)
+        if args.images and args.source != "vindr-cxr":
+            opts["images"] = args.images
+        if args.table and args.source in ("ms-cxr", "vindr-cxr", "nih-boxes"):
+            opts["bbox" if args.source == "nih-boxes" else "table"] = args.table
+        if args.source == "slake":
+            opts["xray_only"] = args.xray_only
+        elif args.source == "vqa-rad" and args.all_organs:
+            opts["organs"] = None
+        elif args.source == "nih-boxes" and args.data_entry:
+            opts["data_entry"] = args.data_entry
+        elif args.source == "vindr-cxr":
+            opts.update(readers=args.readers, sizes=args.sizes)
     elif args.source == "dicom-folder":
         if not args.table:
             print("mxr0 prepare dicom-folder: --table (the CSV of studies) is required", file=sys.stderr)
@@ -170,10 +192,12 @@ def cmd_generate(args) -> int:
 def _generate(args) -> int:
     from mxr0.generate import generate_split, generate_study
 
+    if args.image and args.data:
+        print("mxr0 generate: give either --image (one study) or --data (a split), not both", file=sys.stderr)
+        return 2
+    if args.task != "report":
+        return _generate_task(args)
     if args.image:
-        if args.data:
-            print("mxr0 generate: give either --image (one study) or --data (a split), not both", file=sys.stderr)
-            return 2
         text = generate_study(args.model, args.image, views=args.view or None, indication=args.indication,
                               technique=args.technique, comparison=args.comparison, stream=True,
                               max_new_tokens=args.max_new_tokens, revision=args.revision)
@@ -200,6 +224,40 @@ def _generate(args) -> int:
         sections = load_settings(args.model, args.revision)["target_sections"]
         refs = write_references(records, args.write_refs, sections)
         print(f"[mxr0] references: {refs}  (mxr0 eval reports --pred {out} --ref {refs})")
+    return 0
+
+
+def _generate_task(args) -> int:
+    """``mxr0 generate --task vqa|grounding|localisation|grounded_report``: one image + --prompt, or a split."""
+    from mxr0.generate import ask_image, generate_task
+
+    if args.image:
+        if not args.prompt:
+            print(f"mxr0 generate --task {args.task} --image: give the question / phrase with --prompt", file=sys.stderr)
+            return 2
+        text, boxes = ask_image(args.model, args.image[0], args.task, args.prompt, overlay=args.overlay,
+                                revision=args.revision)
+        print(text if not boxes else f"{text}\nboxes (x1, y1, x2, y2 normalised to the original image): {boxes}")
+        if args.overlay and args.task != "vqa":
+            print(f"[mxr0] overlay: {args.overlay}")
+        return 0
+    if not (args.data and args.out):
+        print("mxr0 generate: --data and --out are needed for a split (or --image for one image)", file=sys.stderr)
+        return 2
+    from mxr0.data.records import read_records
+
+    records = read_records(args.data, splits=[args.split])
+    if args.anatomies:
+        records = [r for r in records if r["anatomy"] in args.anatomies]
+    if args.limit:
+        records = records[: args.limit]
+    out, metrics = generate_task(args.model, records, args.out, args.task, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, overlay_dir=args.overlay, revision=args.revision)
+    print(f"[mxr0] answers: {out}")
+    print(f"[mxr0] scores ({out.name}.metrics.json): " + " ".join(
+        f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "/" not in k))
+    if args.overlay:
+        print(f"[mxr0] overlays in {args.overlay}")
     return 0
 
 
@@ -260,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     pr = sub.add_parser("prepare", help="convert a source into canonical study records")
-    pr.add_argument("source", help="phantom, iu-xray, mimic-cxr, chexpert, dicom-folder, or cache (resize the "
+    pr.add_argument("source", help="phantom, iu-xray, mimic-cxr, chexpert, dicom-folder, slake, vqa-rad, rexvqa, "
+                    "medical-diff-vqa, ms-cxr, nih-boxes, vindr-cxr, rsna-pneumonia, or cache (resize the "
                     "images of the records at --root; needs --cache-size)")
     pr.add_argument("--out", default=None, help="output folder (default data_cache/<source>)")
     pr.add_argument("--n", type=int, default=2000, help="phantom: studies to draw")
@@ -272,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--root", help="the source's dataset folder (all sources but phantom; "
                     "cache: a records file or folder)")
     pr.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="records file format")
-    pr.add_argument("--images", help="iu-xray: folder of the PNG images (default ROOT/images)")
+    pr.add_argument("--images", help="iu-xray: folder of the PNG images (default ROOT/images); slake, vqa-rad, "
+                    "rexvqa, nih-boxes, rsna-pneumonia: the image folder; medical-diff-vqa, ms-cxr: the "
+                    "MIMIC-CXR-JPG folder (defaults: see each converter)")
     pr.add_argument("--report-only", action="store_true",
                     help="iu-xray: write studies whose images are missing, with no images")
     pr.add_argument("--unsplit", choices=["skip", "train"], default="skip",
@@ -281,8 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--labeler", choices=["chexpert", "negbio", "none"], default="chexpert",
                     help="mimic-cxr: which label table to read")
     pr.add_argument("--no-check-images", action="store_true",
-                    help="mimic-cxr, chexpert: do not check that every image file exists")
-    pr.add_argument("--table", help="dicom-folder: CSV with a study key and label or report columns")
+                    help="mimic-cxr, chexpert and the VQA / box sources: keep records whose image files are absent")
+    pr.add_argument("--table", help="dicom-folder: CSV with a study key and label or report columns; ms-cxr, "
+                    "vindr-cxr, nih-boxes: the annotation / box table, when not the default under ROOT")
+    pr.add_argument("--xray-only", action="store_true", help="slake: keep only the X-ray images (not CT / MRI)")
+    pr.add_argument("--all-organs", action="store_true", help="vqa-rad: keep head and abdomen too (default chest)")
+    pr.add_argument("--data-entry", help="nih-boxes: Data_Entry_2017*.csv when not under ROOT")
+    pr.add_argument("--readers", choices=["fuse", "all"], default="fuse",
+                    help="vindr-cxr: merge overlapping boxes of different radiologists (default) or keep all")
+    pr.add_argument("--sizes", help="vindr-cxr: CSV of image_id and width/height (when the DICOMs are absent)")
     pr.add_argument("--key", help="dicom-folder: study key column (default StudyInstanceUID / study_id / study)")
     pr.add_argument("--path-column", help="dicom-folder: column of DICOM paths relative to ROOT")
     pr.add_argument("--study-id", choices=["hash", "key"], default="hash",
@@ -354,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--task", default="report",
+                   choices=["report", "vqa", "grounding", "localisation", "grounded_report"],
+                   help="what to generate (an instruction export trained on it): reports, VQA answers, boxes, …")
+    g.add_argument("--prompt", default="", help="with --image and --task vqa|grounding|localisation: the question, "
+                   "phrase or finding name")
+    g.add_argument("--overlay", default=None, help="box tasks: with --image a PNG path, with --data a folder of PNGs "
+                   "(predicted boxes red, reference green)")
     g.set_defaults(fn=cmd_generate)
 
     x = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face folder (LoRA merged)")

@@ -57,6 +57,9 @@ class DataConfig:
     ``records``: read canonical records (JSONL / Parquet, made by ``mxr0 prepare``) from ``path``."""
     path: str = "data_cache/phantom"
     """A records file or a folder holding ``records.jsonl`` / ``records.parquet``."""
+    extra_paths: list[str] = field(default_factory=list)
+    """More records files / folders read after ``path`` and joined with it (a multi-source task mixture:
+    MIMIC-CXR reports + MS-CXR boxes + Medical-Diff-VQA questions, …); study ids must be unique across them."""
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     """Phantom generation arguments (ignored unless ``source == 'phantom'``)."""
     train_split: str = "train"

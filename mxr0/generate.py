@@ -166,7 +166,8 @@ def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: 
                     log.warning("%s line %d is incomplete (an interrupted write); it is generated again", out_path, line_no)
         _drop_partial_last_line(out_path)
     todo = [r for r in records if r["study_id"] not in done]
-    ds = ReportDataset(todo, tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False)
+    ds = ReportDataset(todo, tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False,
+                       kinds=["report"])
     torch.manual_seed(seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(ds), disable=not progress, desc="generate", unit="study")
@@ -222,7 +223,8 @@ def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[
     views = views or (["PA", "LATERAL", "PA"][: len(images)])
     record = {"study_id": "study", "images": [{"path": str(p), "view": v, "role": "current"} for p, v in zip(images, views)],
               "indication": indication, "technique": technique, "comparison": comparison, "findings": "-", "impression": "-"}
-    ds = ReportDataset([record], tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False)
+    ds = ReportDataset([record], tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False,
+                       kinds=["report"])
     if len(ds) == 0:
         raise ValueError("the study needs a frontal image (view PA or AP): pass --view PA for the first --image")
     item = ds[0]
@@ -235,3 +237,136 @@ def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[
                              do_sample=False, eos_token_id=[e for e in end_ids if isinstance(e, int)],
                              pad_token_id=tokenizer.pad_token_id, streamer=streamer)
     return clean_generation(tokenizer.decode(out[0, len(item["input_ids"]):], skip_special_tokens=False))
+
+
+def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: str | os.PathLike, task: str,
+                  batch_size: int = 16, max_new_tokens: int | None = None, overlay_dir: str | os.PathLike | None = None,
+                  overlay_n: int = 16, progress: bool = True, revision: str | None = None) -> tuple[Path, dict]:
+    """Answers of an instruction export for every ``task`` example (``vqa``, ``grounding``, ``localisation``,
+    ``grounded_report``, or ``report``) of ``records``, one JSONL line per example keyed ``<study>/<kind>/<k>``
+    (resumable like `generate_split`), with the reference, and for box kinds the parsed boxes mapped to the
+    original frame; then the kind's scores (`mxr0.eval.instruct.score_kind`) over the whole file, written beside
+    it as ``<out>.metrics.json``. ``overlay_dir``: PNGs of the first ``overlay_n`` box examples (predicted red,
+    reference green)."""
+    from tqdm.auto import tqdm
+
+    from mxr0.data.instruct import BOX_KINDS, KINDS
+    from mxr0.eval.instruct import score_kind
+    from mxr0.tasks.report import ReportDataset
+
+    if task not in KINDS:
+        raise ValueError(f"--task {task!r}: choose from {list(KINDS)}")
+    model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
+    cfg = _config_from(settings)
+    if task not in (settings.get("tasks") or {"report": 1.0}):
+        log.warning("the model was not trained on %r (its tasks: %s)", task, settings.get("tasks"))
+    ds = ReportDataset(records, tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False,
+                       with_answer=False, kinds=[task])
+    seen: dict[tuple[str, str], int] = {}
+    keys = []
+    for ex in ds.examples:
+        sid = records[ex.record]["study_id"]
+        k = seen.get((sid, task), 0)
+        seen[(sid, task)] = k + 1
+        keys.append(f"{sid}/{task}/{k}")
+    out_path = Path(out_path)
+    done: dict[str, dict] = {}
+    if out_path.exists():
+        _drop_partial_last_line(out_path)
+        for line in out_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["id"]] = row
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    limit = max_new_tokens or (cfg.max_new_tokens if task in ("report", "grounded_report") else cfg.max_new_tokens_short)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(todo), disable=not progress, desc=f"generate {task}", unit="example")
+    with open(out_path, "a") as f:
+        for s in range(0, len(todo), batch_size):
+            idx = todo[s:s + batch_size]
+            texts = generate_batch(model, tokenizer, [ds[i] for i in idx], limit)
+            for i, text in zip(idx, texts):
+                row = _answer_row(ds, i, keys[i], text)
+                done[keys[i]] = row
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(idx))
+    bar.close()
+    preds = [done[k]["prediction"] for k in keys]
+    metrics = score_kind(ds, list(range(len(ds))), preds, task) if len(ds) else {}
+    tmp = out_path.with_name(f".{out_path.name}.metrics.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out_path.with_name(out_path.name + ".metrics.json"))
+    if overlay_dir is not None and task in BOX_KINDS:
+        for i in range(min(overlay_n, len(ds))):
+            _overlay(ds, i, done[keys[i]], Path(overlay_dir) / f"{keys[i].replace('/', '_')}.png")
+    return out_path, metrics
+
+
+def _answer_row(ds, i: int, key: str, text: str) -> dict:
+    from mxr0.data.boxes_text import parse_boxes, to_original
+    from mxr0.data.instruct import parse_grounded_report
+
+    ex = ds.examples[i]
+    row = {"id": key, "study_id": ds.records[i]["study_id"], "kind": ex.kind, "prompt": ex.instruction,
+           "prediction": text, "reference": ds.answer(i)}
+    if ex.kind in ("grounding", "localisation"):
+        res = parse_boxes(text, ds.cfg.box_format)
+        row["pred_boxes"] = to_original(res.boxes, ds.geometry(i)).round(4).tolist() if len(res.boxes) else []
+        row["ref_boxes"] = [[round(v, 4) for v in b] for b in ex.boxes]
+        row["malformed"] = res.malformed
+    elif ex.kind == "grounded_report":
+        plain, grounded, bad = parse_grounded_report(text, ds.cfg.box_format)
+        row["report"] = plain  # the text without boxes: `mxr0 eval reports --pred` reads this field
+        row["reference_report"] = ds.examples[i].answer
+        g = ds.geometry(i)
+        row["pred_sentences"] = [{"sentence": s, "boxes": to_original(b, g).round(4).tolist()} for s, b in grounded]
+        row["malformed"] = bad
+    elif ex.kind == "vqa":
+        row.update({k: ex.meta.get(k) for k in ("answer_type", "question_type")})
+    return row
+
+
+def _overlay(ds, i: int, row: dict, path: Path) -> Path:
+    from mxr0.data.xray import read_xray
+    from mxr0.eval.grounding import draw_overlay
+
+    image = read_xray(ds.examples[i].images[0][1])
+    if row["kind"] == "grounded_report":
+        pred = [b for s in row["pred_sentences"] for b in s["boxes"]]
+        names = [s["sentence"] for s in row["pred_sentences"] for _ in s["boxes"]]
+        ref = [bx for _, bx in ds.examples[i].meta["phrases"]]
+        return draw_overlay(image, path, pred=pred, ref=ref, phrase="grounded report", pred_labels=names)
+    return draw_overlay(image, path, pred=row["pred_boxes"], ref=row["ref_boxes"], phrase=ds.examples[i].instruction)
+
+
+def ask_image(model_dir: str | os.PathLike, image: str | os.PathLike, task: str, text: str,
+              overlay: str | os.PathLike | None = None, revision: str | None = None) -> tuple[str, list[list[float]]]:
+    """One image file, one request: ``task`` ``vqa`` (``text`` = the question), ``grounding`` (a phrase) or
+    ``localisation`` (a finding name). Returns (generated text, boxes normalised to the original image,
+    empty for VQA); with ``overlay`` (a PNG path) the boxes are drawn on the image."""
+    from mxr0.data.boxes_text import parse_boxes, to_original
+    from mxr0.tasks.report import ReportDataset
+
+    if task not in ("vqa", "grounding", "localisation"):
+        raise ValueError(f"one image with a question / phrase: task must be vqa, grounding or localisation, not {task!r}")
+    model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
+    cfg = _config_from(settings)
+    record = {"study_id": "image", "images": [{"path": str(image), "view": "PA", "role": "current"}],
+              "qa": [{"question": text, "answer": "-", "answer_type": "open", "question_type": "", "options": []}],
+              "boxes": [{"phrase": text, "label": text, "image_index": 0, "x0": 0.0, "y0": 0.0, "x1": 1.0, "y1": 1.0}],
+              "findings": "", "impression": ""}
+    ds = ReportDataset([record], tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False,
+                       with_answer=False, kinds=[task])
+    answer = generate_batch(model, tokenizer, [ds[0]], cfg.max_new_tokens_short)[0]
+    boxes: list[list[float]] = []
+    if task != "vqa":
+        res = parse_boxes(answer, cfg.box_format)
+        boxes = to_original(res.boxes, ds.geometry(0)).round(4).tolist() if len(res.boxes) else []
+        if overlay is not None:
+            from mxr0.data.xray import read_xray
+            from mxr0.eval.grounding import draw_overlay
+
+            draw_overlay(read_xray(image), overlay, pred=boxes, phrase=text)
+    return answer, boxes

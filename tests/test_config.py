@@ -70,7 +70,7 @@ def test_bad_keys_and_values_are_errors_that_name_them(override, fragment):
 
 
 def test_unknown_task_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="available: align, classify, report, ssl"):
+    with pytest.raises(ConfigError, match="available: align, classify, instruct, report, ssl"):
         build_recipe({"task": "segmentt"})
 
 

@@ -61,12 +61,12 @@ def test_qlora_on_cpu_is_a_clear_error(phantom_small, tmp_path):
 
 
 def test_length_grouped_sampler_is_seeded_and_groups_lengths():
-    from mxr0.tasks.report import LengthGroupedSampler
+    from mxr0.data.instruct import MixtureSampler
 
     lengths = list(torch.randint(10, 300, (400,), generator=torch.Generator().manual_seed(0)).tolist())
-    s = LengthGroupedSampler(lengths, 8, seed=1)
+    s = MixtureSampler(["report"] * 400, {"report": 1.0}, seed=1, lengths=lengths, batch_size=8)
     a = list(s)
-    assert sorted(a) == list(range(400)) and a == list(LengthGroupedSampler(lengths, 8, seed=1))
+    assert sorted(a) == list(range(400)) and a == list(MixtureSampler(["report"] * 400, {"report": 1.0}, 1, lengths, 8))
     s.set_epoch(1)
     assert list(s) != a
     spread = [max(lengths[i] for i in a[k:k + 8]) - min(lengths[i] for i in a[k:k + 8]) for k in range(0, 400, 8)]

@@ -38,6 +38,17 @@ def ensure_data(cfg: DataConfig) -> Path:
 def load_split(cfg: DataConfig, split: str, limit: int | None = None) -> list[dict]:
     """Records of one split after the recipe's anatomy filter and cap."""
     records = read_records(ensure_data(cfg), splits=[split])
+    seen = {r["study_id"]: cfg.path for r in records}
+    for extra in cfg.extra_paths:
+        if not Path(extra).exists():
+            raise ConfigError(f"data.extra_paths: {extra!r} does not exist (create it with `mxr0 prepare <source>`)")
+        more = read_records(extra, splits=[split])
+        clash = [r["study_id"] for r in more if r["study_id"] in seen]
+        if clash:
+            raise ConfigError(f"study id {clash[0]!r} is in both {seen[clash[0]]} and {extra} ({len(clash)} clashes); "
+                              "the sources of one run need distinct study ids")
+        seen.update({r["study_id"]: extra for r in more})
+        records += more
     if cfg.anatomies is not None:
         records = [r for r in records if r["anatomy"] in set(cfg.anatomies)]
     if limit is not None:

@@ -15,6 +15,7 @@ TASKS: dict[str, str] = {
     "ssl": "mxr0.tasks.ssl:SSLTask",
     "align": "mxr0.tasks.align:AlignTask",
     "report": "mxr0.tasks.report:ReportTask",
+    "instruct": "mxr0.tasks.report:InstructTask",
 }
 """Task name → ``module:Class``."""
 

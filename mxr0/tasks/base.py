@@ -84,6 +84,21 @@ class Task:
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def count_items(self, batch: Any) -> int | torch.Tensor | None:
+        """How many items the loss of ``batch`` averages over. Override it (and accept a ``num_items``
+        keyword in `training_step`) when that number varies between micro-batches, e.g. the answer
+        tokens of a language-model loss: a mean per micro-batch would then weight tokens unequally and
+        change with the batch split across accumulation steps and processes.
+
+        The loop then looks ahead over the accumulation window and calls
+        ``training_step(model, batch, num_items=n)``, where ``n`` is the global batch's count (every
+        micro-batch of the optimiser step on every process) divided by ``grad_accum × processes``; the
+        task returns the *sum* of its item losses divided by ``n``. The loop's averaging over
+        micro-batches and processes then yields the per-item mean of the global batch, in the gradient
+        and in the logged loss, however the global batch is split (transformers' ``num_items_in_batch``).
+        None (the default): the loss is a mean over equally sized micro-batches and needs no count."""
+        return None
+
     def before_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called after the gradients of a step are complete, before clipping and the optimiser
         step (e.g. zero the gradients of a layer that stays frozen for the first epochs)."""

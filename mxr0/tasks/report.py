@@ -29,12 +29,13 @@ import torch
 from torch import nn
 
 from mxr0.config import ConfigError
+from mxr0.data.instruct import BOX_KINDS, KINDS, Prompts, report_answer, study_images  # noqa: F401 (re-exported)
 from mxr0.data.loading import load_split
+from mxr0.eval.instruct import main_metric_of
 from mxr0.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
-FRONTAL, LATERAL = ("PA", "AP", "AP_SUPINE"), ("LATERAL", "LL", "RL")
 VIEW_CHOICES = ("frontal", "lateral", "prior")
 
 
@@ -107,47 +108,47 @@ class ReportModelConfig:
     states every epoch (needs ``train_vision: frozen`` and ``augment: false``; kept in RAM as float16,
     so for small and medium sets: a size estimate over 8 GB is refused)."""
     eval_generate: int = 48
-    """Evaluation studies for which reports are generated (greedy) to compute finding F1; 0 disables."""
+    """Evaluation examples per task kind answered by greedy generation (report → finding F1, VQA → accuracy,
+    grounding → IoU, …); 0 disables."""
     max_new_tokens: int = 160
-    """Generation limit during evaluation and the default for `mxr0 generate`."""
-
-
-def report_answer(record: dict, sections: list[str]) -> str:
-    """The target text: one ``Section: text`` line per non-empty section."""
-    return "\n".join(f"{s.capitalize()}: {' '.join(record[s].split())}" for s in sections if (record.get(s) or "").strip())
-
-
-def study_images(record: dict, views: list[str]) -> list[tuple[str, str]]:
-    """(view name, image path) of the images a study gives for ``views`` (frontal first)."""
-    cur = [im for im in record["images"] if im.get("role", "current") == "current"]
-    prior = [im for im in record["images"] if im.get("role") == "prior" and im["view"] in FRONTAL]
-    out = []
-    for v in views:
-        pool = {"frontal": [im for im in cur if im["view"] in FRONTAL], "lateral": [im for im in cur if im["view"] in LATERAL],
-                "prior": prior}[v]
-        if pool:
-            out.append(("prior frontal" if v == "prior" else v, pool[0]["path"]))
-    return out
+    """Generation limit for reports during evaluation and the default for `mxr0 generate`."""
+    tasks: dict[str, float] = field(default_factory=lambda: {"report": 1.0})
+    """Instruction kinds trained together, with sampling weights (share of each epoch): ``report``, ``vqa``,
+    ``grounding``, ``localisation``, ``grounded_report`` (see `mxr0.data.instruct`)."""
+    box_format: Literal["plain", "tokens"] = "plain"
+    """Boxes in text: ``plain`` ``[x1, y1, x2, y2]`` (two decimals) or MAIRA-2 ``tokens`` (``<box><x12>…</box>``,
+    100 bins, added to the tokenizer as special tokens)."""
+    vqa_answer_types: list[str] = field(default_factory=lambda: ["closed", "open"])
+    """VQA questions used: ``closed`` (yes/no, multiple choice) and / or ``open``."""
+    grounding_prompt: str = "Locate this finding: {phrase}."
+    """User turn of phrase grounding (``{phrase}`` is the record's box phrase)."""
+    localisation_prompt: str = "Locate every {label} on this image."
+    """User turn of localisation by finding name (``{label}``: the box label, lower case)."""
+    grounded_instruction: str = ("Write the findings and impression of this chest X-ray report, with a bounding box "
+                                 "after each finding that can be localised.")
+    """User turn of grounded report generation."""
+    max_new_tokens_short: int = 48
+    """Generation limit for VQA answers and box lists."""
 
 
 class ReportDataset(torch.utils.data.Dataset):
-    """Chat examples of studies: pixel values of each image, input ids and answer-only labels."""
+    """Chat examples of studies (`mxr0.data.instruct`: report, VQA, grounding, … as ``cfg.tasks`` says): pixel
+    values of each image, input ids and answer-only labels. ``records[i]`` is example ``i``'s study."""
 
     def __init__(self, records, tokenizer, transform, cfg: ReportModelConfig, n_image_tokens: int, train: bool,
-                 seed: int = 0, with_answer: bool = True):
-        self.records, self.examples = [], []
-        skipped = 0
-        for r in records:
-            imgs = study_images(r, cfg.views)
-            answer = report_answer(r, cfg.target_sections)
-            if not imgs or imgs[0][0] != "frontal" or not answer:
-                skipped += 1
-                continue
-            self.records.append(r)
-            self.examples.append((imgs, answer))
-        if skipped:
-            log.warning("%d studies without a current frontal image or without %s text are left out", skipped,
+                 seed: int = 0, with_answer: bool = True, kinds: list[str] | None = None):
+        from mxr0.data.instruct import build_examples
+
+        kinds = list(kinds or [k for k, w in cfg.tasks.items() if w > 0])
+        self.examples, empty = build_examples(records, kinds, views=cfg.views, target_sections=cfg.target_sections,
+                                              prompts=prompts_of(cfg), vqa_answer_types=cfg.vqa_answer_types)
+        self.records = [records[ex.record] for ex in self.examples]
+        if empty and "report" in empty:
+            log.warning("%d studies without a current frontal image or without %s text are left out", empty["report"],
                         "/".join(cfg.target_sections))
+        for k, n in empty.items():
+            if k != "report" and len(kinds) > 0:
+                log.info("%s: %d of %d studies give no example", k, n, len(records))
         self.tokenizer, self.transform, self.cfg = tokenizer, transform, cfg
         self.n_image_tokens, self.train, self.seed, self.epoch = n_image_tokens, train, seed, 0
         self.features: list[torch.Tensor] | None = None
@@ -162,17 +163,40 @@ class ReportDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
+    @property
+    def kinds(self) -> list[str]:
+        return [ex.kind for ex in self.examples]
+
     def messages(self, i: int) -> list[dict]:
         from mxr0.data.chat import study_messages
 
-        c = self.cfg
-        return study_messages(self.records[i], [v for v, _ in self.examples[i][0]], c.instruction, c.context_sections,
-                              c.system_prompt)
+        ex, c = self.examples[i], self.cfg
+        sections = c.context_sections if ex.kind in ("report", "grounded_report") else []
+        return study_messages(self.records[i], [v for v, _ in ex.images], ex.instruction, sections, c.system_prompt)
+
+    def geometry(self, i: int):
+        """How example ``i``'s (first) image lands in the model frame (for boxes)."""
+        from mxr0.data.instruct import image_size
+
+        return self.transform.geometry(*image_size(self.examples[i].images[0][1]))
+
+    def answer(self, i: int) -> str:
+        """The target text; boxes are written in the model frame of the example's image."""
+        from mxr0.data.instruct import boxes_answer, grounded_report_text
+
+        ex = self.examples[i]
+        if ex.kind in ("grounding", "localisation"):
+            return boxes_answer(self.geometry(i).to_model(np.asarray(ex.boxes)), self.cfg.box_format)
+        if ex.kind == "grounded_report" and ex.meta["phrases"]:
+            g = self.geometry(i)
+            phrases = [(p, g.to_model(np.asarray(b))) for p, b in ex.meta["phrases"]]
+            return grounded_report_text(ex.answer, phrases, self.cfg.box_format)
+        return ex.answer
 
     def encode(self, i: int, with_answer: bool = True) -> tuple[list[int], list[int]]:
         from mxr0.data.chat import encode_example
 
-        return encode_example(self.tokenizer, self.messages(i), self.examples[i][1] if with_answer else None,
+        return encode_example(self.tokenizer, self.messages(i), self.answer(i) if with_answer else None,
                               self.n_image_tokens, self.cfg.max_length)
 
     @property
@@ -192,9 +216,9 @@ class ReportDataset(torch.utils.data.Dataset):
         from mxr0.data.xray import read_xray
 
         out = []
-        for k, (_, path) in enumerate(self.examples[i][0]):
+        for k, (_, path) in enumerate(self.examples[i].images):
             img = read_xray(path)
-            if self.train and self.cfg.augment:
+            if self.train and self.cfg.augment and self.examples[i].kind not in BOX_KINDS:  # boxes stay put
                 img = light_augment(img, generator=sample_generator(self.seed, self.epoch, i * 8 + k))
             out.append(self.transform(img))
         return torch.stack(out)
@@ -202,6 +226,12 @@ class ReportDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         ids, labels = self.encode(i, with_answer=self.with_answer)
         return {"pixel_values": self.pixel_values(i), "input_ids": ids, "labels": labels, "index": i}
+
+
+def prompts_of(cfg: ReportModelConfig) -> Prompts:
+    """The per-kind instructions of a config."""
+    return Prompts(report=cfg.instruction, grounding=cfg.grounding_prompt, localisation=cfg.localisation_prompt,
+                   grounded_report=cfg.grounded_instruction)
 
 
 class ChatCollator:
@@ -226,32 +256,6 @@ class ChatCollator:
                 "index": torch.tensor([it["index"] for it in items])}
 
 
-class LengthGroupedSampler(torch.utils.data.Sampler[int]):
-    """A permutation of (seed, epoch) in which runs of ``batch_size`` have similar lengths: shuffled
-    megabatches of 50 batches, each sorted by length, then the batch order shuffled."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        idx = list(range(len(self.lengths)))
-        rng.shuffle(idx)
-        mega = 50 * self.batch_size
-        order = []
-        for s in range(0, len(idx), mega):
-            order += sorted(idx[s:s + mega], key=lambda i: -self.lengths[i])
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        rng.shuffle(batches)
-        return iter([i for b in batches for i in b])
-
-
 def _check_local_path(value: str, key: str) -> None:
     """A clear error for a missing local folder (Hub ids are ``org/name``: one slash, no leading dot)."""
     if not value or Path(value).exists():
@@ -265,11 +269,18 @@ def _check_local_path(value: str, key: str) -> None:
 class ReportTask(Task):
     name = "report"
     ModelConfig = ReportModelConfig
-    main_metric = "finding_f1_micro"
 
     def __init__(self, recipe):
         super().__init__(recipe)
         c = self.cfg
+        bad = {k: w for k, w in c.tasks.items() if k not in KINDS or not isinstance(w, (int, float)) or w < 0}
+        if bad or not any(w > 0 for w in c.tasks.values()):
+            raise ConfigError(f"model.tasks={c.tasks}: give kinds from {list(KINDS)} with sampling weights >= 0, "
+                              "at least one > 0 (e.g. {report: 1.0, vqa: 1.0, grounding: 0.5})")
+        if c.box_format not in ("plain", "tokens"):
+            raise ConfigError(f"model.box_format={c.box_format!r}: choose 'plain' or 'tokens'")
+        if not c.vqa_answer_types or any(t not in ("closed", "open") for t in c.vqa_answer_types):
+            raise ConfigError(f"model.vqa_answer_types={c.vqa_answer_types}: choose from ['closed', 'open']")
         bad = [v for v in c.views if v not in VIEW_CHOICES]
         if bad or "frontal" not in c.views:
             raise ConfigError(f"model.views={c.views}: must include 'frontal'; choices {list(VIEW_CHOICES)}")
@@ -295,6 +306,15 @@ class ReportTask(Task):
         self._model = None
         """The model `build_model` returned (the feature cache patches its vision tower in `setup`)."""
 
+    @property
+    def kinds(self) -> list[str]:
+        """The trained kinds, in the recipe's order."""
+        return [k for k, w in self.cfg.tasks.items() if w > 0]
+
+    @property
+    def main_metric(self) -> str:  # type: ignore[override]
+        return main_metric_of(self.kinds[0])
+
     # --- parts ---------------------------------------------------------------------------------
     @property
     def transform(self):
@@ -305,9 +325,10 @@ class ReportTask(Task):
             self._transform = ImageTransform.for_encoder(c.init_from or c.vision, c.image_size, c.image_mean, c.image_std)
         return self._transform
 
-    def _build_tokenizer(self, train_records):
+    def _build_tokenizer(self, train_ds: ReportDataset):
         from transformers import AutoTokenizer
 
+        from mxr0.data.boxes_text import box_special_tokens
         from mxr0.data.chat import TINY_CHAT_TEMPLATE, ensure_image_token, train_chat_tokenizer
 
         c = self.cfg
@@ -317,10 +338,16 @@ class ReportTask(Task):
             if not tok.chat_template:
                 log.warning("%s has no chat template; using mxr0's plain role-marker template", c.init_from or c.llm)
                 tok.chat_template = TINY_CHAT_TEMPLATE
-            return tok
-        texts = [report_answer(r, c.target_sections) for r in train_records]
-        texts += [c.instruction] + [r.get(s) or "" for r in train_records for s in c.context_sections]
-        return train_chat_tokenizer([t for t in texts if t], c.tokenizer_vocab_size, c.max_length)
+        else:
+            texts = [train_ds.answer(i) for i in range(len(train_ds))]
+            texts += sorted({ex.instruction for ex in train_ds.examples})
+            texts += [r.get(s) or "" for r in train_ds.records for s in c.context_sections]
+            tok = train_chat_tokenizer([t for t in texts if t], c.tokenizer_vocab_size, c.max_length)
+        if c.box_format == "tokens":
+            new = [t for t in box_special_tokens() if t not in tok.get_vocab()]
+            if new:
+                tok.add_tokens(new, special_tokens=True)
+        return tok
 
     @property
     def n_image_tokens(self) -> int:
@@ -344,19 +371,28 @@ class ReportTask(Task):
         d = self.recipe.data
         train_recs = load_split(d, d.train_split, d.max_train_studies)
         eval_recs = load_split(d, d.eval_split, d.max_eval_studies)
-        self.tokenizer = self._build_tokenizer(train_recs)
         n = self.n_image_tokens
-        self.train_ds = ReportDataset(train_recs, self.tokenizer, self.transform, self.cfg, n, train=True,
+        self.train_ds = ReportDataset(train_recs, None, self.transform, self.cfg, n, train=True,
                                       seed=self.recipe.train.seed)
-        self.eval_ds = ReportDataset(eval_recs, self.tokenizer, self.transform, self.cfg, n, train=False)
+        self.eval_ds = ReportDataset(eval_recs, None, self.transform, self.cfg, n, train=False)
+        missing = [k for k in self.kinds if k not in self.train_ds.kinds]
+        if missing:
+            raise ConfigError(f"model.tasks has {missing} but the training records give no such examples (no "
+                              f"{'QA pairs' if 'vqa' in missing else 'boxes'} in {d.path or d.source}, split {d.train_split})")
+        self.tokenizer = self._build_tokenizer(self.train_ds)
+        self.train_ds.tokenizer = self.eval_ds.tokenizer = self.tokenizer
         self.collate = ChatCollator(self.tokenizer.pad_token_id, "right")
         return self.train_ds, self.eval_ds
 
     def sampler(self, dataset, batch_size: int, seed: int):
-        """Length-grouped order for the training set (the loop asks; None = its default shuffle)."""
-        if self.cfg.group_by_length and dataset is self.train_ds:
-            return LengthGroupedSampler(dataset.lengths, batch_size, seed)
-        return None
+        """The task mixture for the training set (per-kind sampling weights, length-grouped when
+        ``group_by_length``); the loop asks, None = its default shuffle."""
+        from mxr0.data.instruct import MixtureSampler
+
+        if dataset is not self.train_ds:
+            return None
+        lengths = dataset.lengths if self.cfg.group_by_length else None
+        return MixtureSampler(dataset.kinds, self.cfg.tasks, seed, lengths, batch_size)
 
     def build_model(self) -> nn.Module:
         from mxr0.data.chat import IMAGE_TOKEN
@@ -447,10 +483,16 @@ class ReportTask(Task):
             cache_vision_features(self._model, [self.train_ds, self.eval_ds], accelerator.device)
 
     # --- train ---------------------------------------------------------------------------------
-    def training_step(self, model, batch):
+    def count_items(self, batch):
+        """Answer tokens the loss covers: the loop weights every token of a global batch equally."""
+        return answer_token_count(batch["labels"])
+
+    def training_step(self, model, batch, num_items=None):
+        """Next-token loss over the answer tokens: summed and divided by ``num_items`` (from the loop, see
+        `Task.count_items`), or their mean in this batch when None."""
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    pixel_values=batch["pixel_values"], labels=batch["labels"])
-        return {"loss": out.loss}
+                    pixel_values=batch["pixel_values"])
+        return {"loss": answer_token_loss(out.logits, batch["labels"], num_items)}
 
     # --- evaluate ------------------------------------------------------------------------------
     def evaluate(self, model, loader, accelerator):
@@ -463,34 +505,44 @@ class ReportTask(Task):
             losses.append(lt[:, 0].sum())
             tokens.append(lt[:, 1].sum())
         metrics = {"loss": float(torch.stack(losses).sum() / torch.stack(tokens).sum().clamp_min(1))}
-        if self.cfg.eval_generate > 0 and accelerator.is_main_process:
-            metrics.update(self._generation_metrics(accelerator.unwrap_model(model)))
+        if self.cfg.eval_generate > 0:
+            from mxr0.train.loop import shards_parameters
+
+            if shards_parameters(accelerator):  # each model call needs every rank: decoding on one would hang
+                if accelerator.is_main_process:
+                    log.warning("model.eval_generate: no in-training generation metrics under ZeRO-3 / FSDP; "
+                                "run `mxr0 generate` on the export")
+            elif accelerator.is_main_process:
+                metrics.update(self._generation_metrics(accelerator.unwrap_model(model)))
         if accelerator.num_processes > 1:  # every rank returns the main process's generation metrics
-            keys = sorted(k for k in metrics if k != "loss")
-            vec = torch.zeros(len(keys), device=accelerator.device)
-            if accelerator.is_main_process:
-                vec = torch.tensor([metrics[k] for k in keys], device=accelerator.device)
-            vec = accelerator.reduce(vec, reduction="sum")
-            metrics.update({k: float(v) for k, v in zip(keys, vec.tolist())})
+            from accelerate.utils import broadcast_object_list
+
+            box = [metrics if accelerator.is_main_process else None]
+            broadcast_object_list(box, from_process=0)  # the key set is known on the main process only
+            metrics = {**box[0], "loss": metrics["loss"]}
         return metrics
 
     def _generation_metrics(self, model) -> dict[str, float]:
-        from mxr0.eval.reports.rules import finding_f1
+        """Greedy answers for the first ``eval_generate`` evaluation examples of each kind, scored per kind
+        (`mxr0.eval.instruct.score_kind`)."""
+        from mxr0.eval.instruct import score_kind
         from mxr0.generate import generate_batch
 
         ds = self.eval_ds
-        n = min(self.cfg.eval_generate, len(ds))
-        preds = []
+        metrics: dict[str, float] = {}
         ds.with_answer = False
         try:
-            for s in range(0, n, 16):
-                items = [ds[i] for i in range(s, min(n, s + 16))]
-                preds += generate_batch(model, self.tokenizer, items, max_new_tokens=self.cfg.max_new_tokens)
+            for kind in self.kinds:
+                idx = [i for i, k in enumerate(ds.kinds) if k == kind][: self.cfg.eval_generate]
+                limit = self.cfg.max_new_tokens if kind in ("report", "grounded_report") else self.cfg.max_new_tokens_short
+                preds = []
+                for s in range(0, len(idx), 16):
+                    items = [ds[i] for i in idx[s:s + 16]]
+                    preds += generate_batch(model, self.tokenizer, items, max_new_tokens=limit)
+                metrics.update(score_kind(ds, idx, preds, kind, train_ds=self.train_ds))
         finally:
             ds.with_answer = True
-        refs = [ds.records[i]["labels"] for i in range(n)]
-        f1 = finding_f1(preds, refs)
-        return {k: float(v) for k, v in f1.items() if isinstance(v, (int, float)) and "/" not in k}
+        return metrics
 
     # --- export --------------------------------------------------------------------------------
     def export(self, model, out_dir: Path, accelerator):
@@ -498,6 +550,20 @@ class ReportTask(Task):
         if not accelerator.is_main_process:
             return
         save_vlm_export(model, self.tokenizer, self.transform, Path(out_dir), self.cfg, self.n_image_tokens)
+
+
+def answer_token_count(labels: torch.Tensor) -> torch.Tensor:
+    """Tokens predicted under the loss (label after the shift is not -100)."""
+    return (labels[:, 1:] != -100).sum()
+
+
+def answer_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
+    """Causal-LM cross-entropy over the answer tokens (labels -100 are ignored), as transformers computes it:
+    their sum divided by ``num_items``, or their mean when None."""
+    target = labels[:, 1:].to(logits.device)
+    total = nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=-100,
+                                        reduction="sum")
+    return total / (answer_token_count(labels).clamp_min(1) if num_items is None else num_items)
 
 
 def llava_core(model: nn.Module) -> nn.Module:
@@ -516,7 +582,7 @@ def cache_vision_features(model: nn.Module, datasets: list, device, batch_size: 
     tower = core.vision_tower
     layer = model.config.vision_feature_layer
     datasets = [d for d in datasets if d is not None]
-    n_images = sum(len(ex[0]) for d in datasets for ex in d.examples)
+    n_images = len({path for d in datasets for ex in d.examples for _, path in ex.images})
     vcfg = model.config.vision_config
     size = int(datasets[0].transform.size)
     p = int(np.ravel(vcfg.patch_size)[0])
@@ -527,12 +593,16 @@ def cache_vision_features(model: nn.Module, datasets: list, device, batch_size: 
                           f"{gb:.1f} GB of RAM (limit {limit_gb} GB); turn the cache off for a set this size")
     was_training = tower.training
     tower.eval()
+    done: dict[tuple[str, ...], torch.Tensor] = {}  # examples of one study (VQA, grounding, …) share images
     for ds in datasets:
         feats: list[torch.Tensor] = []
         for i in tqdm(range(len(ds)), desc="caching vision features", leave=False, mininterval=2.0):
-            px = ds.read_images(i).to(device)
-            hs = tower(pixel_values=px, output_hidden_states=True, return_dict=True).hidden_states[layer]
-            feats.append(hs.to("cpu", torch.float16))
+            key = tuple(path for _, path in ds.examples[i].images)
+            if key not in done:
+                px = ds.read_images(i).to(device)
+                hs = tower(pixel_values=px, output_hidden_states=True, return_dict=True).hidden_states[layer]
+                done[key] = hs.to("cpu", torch.float16)
+            feats.append(done[key])
         ds.features = feats
     tower.train(was_training)
     n_states = int(vcfg.num_hidden_layers) + 1  # any vision_feature_layer index finds the cached state
@@ -573,7 +643,15 @@ def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModel
     processor.save_pretrained(out_dir)
     transform.save_pretrained(out_dir, keep_existing=True)  # also for AutoImageProcessor (the processor file nests it)
     settings = {k: getattr(cfg, k) for k in ("views", "context_sections", "target_sections", "instruction",
-                                             "system_prompt", "max_length", "max_new_tokens")}
+                                             "system_prompt", "max_length", "max_new_tokens", "tasks", "box_format",
+                                             "vqa_answer_types", "grounding_prompt", "localisation_prompt",
+                                             "grounded_instruction", "max_new_tokens_short")}
     settings["n_image_tokens"] = n_image_tokens
     (out_dir / "mxr0_report.json").write_text(json.dumps(settings, indent=2))
     return out_dir
+
+
+class InstructTask(ReportTask):
+    """The same VLM task under the name recipes for VQA, grounding and task mixtures use (``task: instruct``)."""
+
+    name = "instruct"

@@ -538,6 +538,15 @@ class SSLTask(Task):
 
     # --- schedules --------------------------------------------------------------------------
     def setup(self, total_steps: int, steps_per_epoch: int, accelerator) -> None:
+        from accelerate.utils import DistributedType
+
+        if getattr(accelerator, "distributed_type", None) == DistributedType.DEEPSPEED:
+            raise ConfigError(
+                "SSL pretraining does not run under DeepSpeed: DeepSpeed steps the optimiser inside backward (the "
+                "last-layer freeze of the first epochs could not act), keeps the EMA teacher in the training "
+                "precision (bf16 loses the small EMA updates), and under ZeRO-3 the teacher update would see "
+                "parameter shards. Use DDP (accelerate_configs/ddp.yaml; a ViT-B fits one GPU) or FSDP "
+                "(accelerate_configs/fsdp.yaml)")
         c = self.cfg
         self.accelerator = accelerator
         warm = int(round(c.warmup_teacher_temp_epochs * steps_per_epoch))

@@ -7,6 +7,7 @@ exports (`mxr0.tasks.base.Task`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -83,19 +84,165 @@ def _check_launcher(recipe: Recipe) -> None:
         )
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 def make_accelerator(recipe: Recipe, run_dir: Path):
+    """The run's Accelerator, after checking the launcher against the recipe.
+
+    DeepSpeed on a machine without CUDA gets the gloo backend (it would ask for NCCL); with
+    ``ACCELERATE_USE_CPU`` set accelerate would silently run plain DDP instead, so that is an error.
+    accelerate's FSDP does not run on a CPU (v1 fails, v2 runs unsharded and unsynchronised): an error."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
     _check_launcher(recipe)
     t = recipe.train
     if t.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (CPUs with AVX-512 bf16) or no")
-    return Accelerator(
+    handlers = []
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        if _env_flag("ACCELERATE_USE_CPU"):
+            raise ConfigError("a DeepSpeed launch with ACCELERATE_USE_CPU=1 silently runs plain DDP instead: unset "
+                              "ACCELERATE_USE_CPU (on a machine without CUDA mxr0 picks the gloo backend itself)")
+        if not torch.cuda.is_available():
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if _env_flag("ACCELERATE_USE_FSDP") and not torch.cuda.is_available():
+        raise ConfigError("accelerate's FSDP does not run on a CPU (v1 finds no device, v2 runs unsharded and "
+                          "unsynchronised); on a CPU use DDP (ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...) "
+                          "or DeepSpeed ZeRO-2/3 (see accelerate_configs/README.md)")
+    accelerator = Accelerator(
         mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        kwargs_handlers=handlers,
     )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        _configure_deepspeed(accelerator, recipe)
+    return accelerator
+
+
+def zero_stage(accelerator) -> int:
+    """The DeepSpeed ZeRO stage of the run, 0 when it does not run under DeepSpeed."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return 0
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
+
+
+def shards_parameters(accelerator) -> bool:
+    """True under ZeRO-3 and FSDP: no rank holds the full weights outside a forward / backward pass, so a
+    model call on one rank alone hangs and the weights must be gathered to be saved."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP or zero_stage(accelerator) == 3
+
+
+def _configure_deepspeed(accelerator, recipe: Recipe) -> None:
+    """Write the recipe's accumulation and clipping into the DeepSpeed config (before ``prepare`` reads it), so
+    they cannot drift from the recipe: DeepSpeed clips and steps inside ``backward`` and would otherwise clip at
+    accelerate's default 1.0 and take the launcher's accumulation. A launcher value that disagrees is an error."""
+    t = recipe.train
+    plugin = accelerator.state.deepspeed_plugin
+    cfg = plugin.deepspeed_config
+    ga = cfg.get("gradient_accumulation_steps", "auto")
+    if ga not in ("auto", None, 1, t.grad_accum):  # 1: accelerate launch's default when nothing is given
+        raise ConfigError(f"the DeepSpeed config sets gradient_accumulation_steps={ga} but the recipe says "
+                          f"train.grad_accum={t.grad_accum}: remove it from the launcher config (the recipe owns it)")
+    cfg["gradient_accumulation_steps"] = t.grad_accum
+    plugin.gradient_accumulation_steps = t.grad_accum
+    clip = cfg.get("gradient_clipping", "auto")
+    if clip not in ("auto", None) and float(clip) != float(t.max_grad_norm):
+        raise ConfigError(f"the DeepSpeed config sets gradient_clipping={clip} but the recipe says train.max_grad_norm="
+                          f"{t.max_grad_norm}: remove it from the launcher config (the recipe owns clipping)")
+    cfg["gradient_clipping"] = float(t.max_grad_norm)  # 0 turns DeepSpeed's clipping off
+    plugin.gradient_clipping = float(t.max_grad_norm)
+    for mode in ("fp16", "bf16"):
+        if cfg.get(mode, {}).get("enabled") is True and t.mixed_precision != mode:
+            raise ConfigError(f"the DeepSpeed config enables {mode} but the recipe says train.mixed_precision="
+                              f"{t.mixed_precision!r}: precision is set in the recipe only")
+    zero = cfg.setdefault("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3:  # the end-of-run export needs the gathered weights
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+        plugin.zero3_save_16bit_model = True
+
+
+def _offloads_optimizer(accelerator) -> bool:
+    if zero_stage(accelerator) == 0:
+        return False
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+    return str((zero.get("offload_optimizer") or {}).get("device", "none")).lower() in ("cpu", "nvme")
+
+
+def _make_optimizer(groups: list[dict], recipe: Recipe, accelerator):
+    t = recipe.train
+    if _offloads_optimizer(accelerator):  # DeepSpeed refuses a torch optimizer with ZeRO-Offload
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+@contextlib.contextmanager
+def _whole_model_init():
+    """Build models whole, never under ``deepspeed.zero.Init``: with an Accelerator running ZeRO-3, transformers'
+    ``from_pretrained`` / ``from_config`` would partition parameters at construction, which the task builders
+    (EMA-teacher deepcopy, token resizing, LoRA wrapping, the frozen-feature cache) and a main-process-only
+    export copy cannot handle. DeepSpeed partitions the whole model at ``prepare`` instead."""
+    try:
+        from transformers.integrations import deepspeed as hf_ds
+    except ImportError:
+        yield
+        return
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def _fit_fsdp_wrap_policy(accelerator, model) -> None:
+    """accelerate rejects a wrap-class name absent from the model; the shipped fsdp.yaml names the blocks of every
+    mxr0 model, so keep those this model has."""
+    plugin = accelerator.state.fsdp_plugin
+    names = plugin.transformer_cls_names_to_wrap
+    if not names:
+        return
+    present = {type(m).__name__ for m in model.modules()}
+    keep = [n for n in names if n in present]
+    if not keep:
+        raise ConfigError(f"FSDP: none of the wrap classes {names} is in the {type(model).__name__} model "
+                          f"(fsdp_transformer_layer_cls_to_wrap in the accelerate config)")
+    plugin.transformer_cls_names_to_wrap = keep
+
+
+def _export(task: Task, model, accelerator, export_dir: Path) -> None:
+    """The task's export, from the full weights. Under ZeRO-3 / FSDP every rank takes part in gathering the full
+    state dict (``accelerator.get_state_dict``), which the main process loads into a fresh, whole copy of the
+    model (built as in training, LoRA wrappers included) for the task to export; so LoRA adapters are saved with
+    their trained values, not the shards or the initial ones."""
+    unwrapped = accelerator.unwrap_model(model)
+    if not shards_parameters(accelerator):
+        task.export(unwrapped, export_dir, accelerator)
+        return
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        task.export(unwrapped, export_dir, accelerator)  # writes nothing off the main process
+        return
+    with _whole_model_init():
+        whole = task.build_model()
+    missing, unexpected = whole.load_state_dict(state, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight") or k.endswith("lm_head.base_layer.weight")}
+    if [k for k in missing if k not in tied] or unexpected:
+        raise RuntimeError(f"the gathered state dict does not match the model: missing {sorted(set(missing) - tied)[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    if tied and hasattr(whole, "tie_weights"):
+        whole.tie_weights()
+    whole.eval()
+    task.export(whole, export_dir, accelerator)
 
 
 def _build_loader(collate, dataset, batch_size: int, seed: int, shuffle: bool, num_workers: int, drop_last: bool,
@@ -131,7 +278,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     ``resume``: ``latest`` continues from the newest complete checkpoint of the run folder (or
     starts fresh when there is none), a path continues from that checkpoint.
     """
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
     t = recipe.train
@@ -146,7 +293,10 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     set_seed(t.seed)
     with accelerator.main_process_first():
         train_ds, eval_ds = task.build_datasets()
-    model = task.build_model()
+    with _whole_model_init():  # ZeRO-3 partitions the whole model at prepare, never at construction
+        model = task.build_model()
+    if accelerator.distributed_type == DistributedType.FSDP:
+        _fit_fsdp_wrap_policy(accelerator, model)
     if t.gradient_checkpointing:
         if not hasattr(model, "gradient_checkpointing_enable"):
             raise ConfigError(f"train.gradient_checkpointing=true but the {recipe.task} model does not support it")
@@ -158,7 +308,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     n_trainable = sum(p.numel() for g in groups for p in g["params"])
     if n_trainable == 0:
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    optimizer = _make_optimizer(groups, recipe, accelerator)
 
     # training batches come as (batch, skipped unreadable samples); evaluation data must be readable
     train_loader = _build_loader(GuardedCollate(task.collate), GuardedDataset(train_ds), t.batch_size, t.seed, True,
@@ -195,7 +345,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
 
     trackers = Trackers(run_dir, t.trackers, config=recipe) if is_main else None
     if is_main:
-        n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in accelerator.unwrap_model(model).parameters())
         tqdm.write(
             f"[mxr0] task={recipe.task} run={run_dir} processes={accelerator.num_processes} "
             f"device={accelerator.device} precision={t.mixed_precision} params={n_params / 1e6:.2f}M "
@@ -219,8 +369,13 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         # Accelerate's loader owns the epoch counter and hands it to the sampler (and to the skipping
         # loader made on resume); setting it on the sampler alone would be overwritten.
         train_loader.set_epoch(state.epoch)
+        # accelerate 1.15 skips dataset.set_epoch when the batch sampler is sharded (several processes):
+        # tell the dataset itself, or every epoch would reuse epoch 0's crops and augmentations
+        if hasattr(train_loader.dataset, "set_epoch"):
+            train_loader.dataset.set_epoch(state.epoch)
         it = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
-        for batch, skipped in it:
+        # tasks whose loss averages over a varying number of items (tokens) get the step's count
+        for batch, skipped, n_items in _with_item_counts(it, task, t.grad_accum, accelerator):
             if state.batch_in_epoch >= micro_per_epoch or state.step >= total_steps:
                 break
             if skipped:
@@ -230,7 +385,10 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
                 g["lr"] = float(lr_at[state.step]) * g.get("lr_scale", 1.0)
                 g["weight_decay"] = float(wd_at[state.step]) * g.get("wd_scale", 1.0)
             with accelerator.accumulate(model):
-                losses = task.training_step(model, batch)
+                if n_items is None:
+                    losses = task.training_step(model, batch)
+                else:
+                    losses = task.training_step(model, batch, num_items=n_items)
                 loss = losses["loss"]
                 finite = torch.isfinite(loss.detach()).float()
                 finite = accelerator.reduce(finite, reduction="mean") if accelerator.num_processes > 1 else finite
@@ -343,11 +501,13 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
         last_eval = evaluate(task, model, eval_loader, accelerator)
     export_dir = run_dir / "export"
     accelerator.wait_for_everyone()
-    task.export(accelerator.unwrap_model(model), export_dir, accelerator)
+    checksums = _rank_checksums(model, accelerator)
+    _export(task, model, accelerator, export_dir)
     accelerator.wait_for_everyone()
     result = {"metrics": last_eval, "run_dir": str(run_dir), "export_dir": str(export_dir), "checkpoint": str(ckpt),
               "state": asdict(state), "main_metric": task.main_metric, "num_processes": accelerator.num_processes,
-              "interrupted": False}
+              "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+              "zero_stage": zero_stage(accelerator), "rank_param_checksums": checksums, "interrupted": False}
     if is_main:
         trackers.log({f"eval/{k}": v for k, v in last_eval.items()}, state.step)
         trackers.write_results(result)
@@ -382,6 +542,53 @@ def _record_bad_samples(run_dir: Path, rank: int, step: int, skipped: list[str])
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "bad_samples.txt", "a") as f:
         f.writelines(f"step {step} rank {rank} {msg}\n" for msg in skipped)
+
+
+def _with_item_counts(batches, task: Task, grad_accum: int, accelerator):
+    """``(batch, skipped, n_items)`` for each micro-batch; ``n_items`` is None unless the task counts its
+    loss items (`Task.count_items`). Then each accumulation window is read ahead, its count summed over
+    the window and the processes, and ``n_items`` = that total / (grad_accum × processes): the
+    normaliser that makes the loop's averages the global batch's per-item mean (see `Task.count_items`).
+    Windows start at the loader's start: a resume always starts at an optimiser-step boundary."""
+    if type(task).count_items is Task.count_items:
+        for batch, skipped in batches:
+            yield batch, skipped, None
+        return
+    import itertools
+
+    source = iter(batches)
+    while True:
+        window = list(itertools.islice(source, grad_accum))
+        if not window:
+            return
+        # Accelerate's loader flags its last batch when it hands it out, and `accumulate` then syncs and
+        # steps at once: hold the flag back until the window's last micro-batch is trained.
+        gs = accelerator.gradient_state
+        loader = gs.active_dataloader if gs.in_dataloader else None
+        held = bool(getattr(loader, "end_of_dataloader", False))
+        if held:
+            loader.end_of_dataloader = False
+        count = sum(float(task.count_items(b)) for b, _ in window)
+        total = torch.tensor(count, device=accelerator.device)
+        if accelerator.num_processes > 1:
+            total = accelerator.reduce(total, reduction="sum")
+        n_items = total.clamp_min(1.0) / (grad_accum * accelerator.num_processes)
+        for j, (batch, skipped) in enumerate(window):
+            if held and j == len(window) - 1:
+                loader.end_of_dataloader = True
+            yield batch, skipped, n_items
+
+
+def _rank_checksums(model, accelerator) -> list[float] | None:
+    """Every rank's checksum of its trainable weights (equal when the replicas are in sync); None under
+    ZeRO-3 / FSDP, where each rank holds different shards."""
+    if shards_parameters(accelerator):
+        return None
+    params = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+    with torch.no_grad():
+        s = sum((p.detach().double() * (1.0 + 1e-3 * i)).sum() for i, p in enumerate(params))
+    s = torch.as_tensor(s, dtype=torch.float64, device=accelerator.device).reshape(1)
+    return [float(v) for v in accelerator.gather(s).tolist()] if accelerator.num_processes > 1 else [float(s)]
 
 
 def _batch_size(batch: Any) -> int:
