@@ -207,13 +207,7 @@ def _generate(args) -> int:
     if not (args.data and args.out):
         print("mxr0 generate: --data and --out are needed for a split (or --image for one study)", file=sys.stderr)
         return 2
-    from mxr0.data.records import read_records
-
-    records = read_records(args.data, splits=[args.split])
-    if args.anatomies:
-        records = [r for r in records if r["anatomy"] in args.anatomies]
-    if args.limit:
-        records = records[: args.limit]
+    records = _split_records(args)
     out = generate_split(args.model, records, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                          num_beams=args.num_beams, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
                          seed=args.seed, revision=args.revision)
@@ -225,6 +219,16 @@ def _generate(args) -> int:
         refs = write_references(records, args.write_refs, sections)
         print(f"[mxr0] references: {refs}  (mxr0 eval reports --pred {out} --ref {refs})")
     return 0
+
+
+def _split_records(args) -> list[dict]:
+    """The records of ``--data`` / ``--split`` after ``--anatomies`` and ``--limit``."""
+    from mxr0.data.records import read_records
+
+    records = read_records(args.data, splits=[args.split])
+    if args.anatomies:
+        records = [r for r in records if r["anatomy"] in args.anatomies]
+    return records[: args.limit] if args.limit else records
 
 
 def _generate_task(args) -> int:
@@ -244,13 +248,7 @@ def _generate_task(args) -> int:
     if not (args.data and args.out):
         print("mxr0 generate: --data and --out are needed for a split (or --image for one image)", file=sys.stderr)
         return 2
-    from mxr0.data.records import read_records
-
-    records = read_records(args.data, splits=[args.split])
-    if args.anatomies:
-        records = [r for r in records if r["anatomy"] in args.anatomies]
-    if args.limit:
-        records = records[: args.limit]
+    records = _split_records(args)
     out, metrics = generate_task(args.model, records, args.out, args.task, batch_size=args.batch_size,
                                  max_new_tokens=args.max_new_tokens, overlay_dir=args.overlay, revision=args.revision)
     print(f"[mxr0] answers: {out}")

@@ -295,6 +295,10 @@ def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: s
     bar.close()
     preds = [done[k]["prediction"] for k in keys]
     metrics = score_kind(ds, list(range(len(ds))), preds, task) if len(ds) else {}
+    if task == "vqa" and len(ds):
+        from mxr0.eval.instruct import ranked_closed_accuracy
+
+        metrics.update(ranked_closed_accuracy(model, tokenizer, ds, range(len(ds))))
     tmp = out_path.with_name(f".{out_path.name}.metrics.tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, out_path.with_name(out_path.name + ".metrics.json"))
@@ -370,3 +374,37 @@ def ask_image(model_dir: str | os.PathLike, image: str | os.PathLike, task: str,
 
             draw_overlay(read_xray(image), overlay, pred=boxes, phrase=text)
     return answer, boxes
+
+
+@torch.no_grad()
+def rank_options(model, tokenizer, ds, indices, batch_size: int = 32) -> list[str | None]:
+    """Closed questions answered by ranking their options: each option scored as the assistant's answer by its mean
+    token log-likelihood (teacher-forced, answer tokens and end marker), the best one returned (lm-eval style
+    multiple choice, length-normalised). None for examples without options (open questions)."""
+    from mxr0.data.chat import encode_example
+    from mxr0.tasks.report import ChatCollator
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    jobs = []  # (position in indices, option, item)
+    for k, i in enumerate(indices):
+        ex = ds.examples[i]
+        for opt in ex.meta.get("options") or []:
+            ids, labels = encode_example(tokenizer, ds.messages(i), str(opt), ds.n_image_tokens, ds.cfg.max_length)
+            jobs.append((k, str(opt), {"input_ids": ids, "labels": labels, "pixel_values": ds.pixel_values(i), "index": i}))
+    best: dict[int, tuple[float, str]] = {}
+    collate = ChatCollator(tokenizer.pad_token_id, "right")
+    for s in range(0, len(jobs), batch_size):
+        chunk = jobs[s:s + batch_size]
+        b = collate([it for _, _, it in chunk])
+        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
+                       pixel_values=b["pixel_values"].to(device, dtype=dtype)).logits.float()
+        labels = b["labels"][:, 1:].to(device)
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        mask = labels != -100
+        tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * mask
+        score = (tok.sum(1) / mask.sum(1).clamp_min(1)).tolist()
+        for (k, opt, _), sc in zip(chunk, score):
+            if k not in best or sc > best[k][0]:
+                best[k] = (sc, opt)
+    return [best[k][1] if k in best else None for k in range(len(indices))]

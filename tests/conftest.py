@@ -50,3 +50,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def phantom_1200(tmp_path_factory) -> Path:
+    """1,200 phantom studies at 128 px (the generation learning tests' data), drawn once per session."""
+    from mxr0.data.phantom import generate_phantom
+
+    return Path(generate_phantom(tmp_path_factory.mktemp("ph1200r"), n_studies=1200, image_size=128, seed=4,
+                                 progress=False))
+
+
+LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0", "train.progress=false",
+                "train.trackers=[jsonl]"]
+
+
+@pytest.fixture(scope="session")
+def finding_encoder(phantom_1200, tmp_path_factory) -> Path:
+    """The export of a small finding classifier trained on `phantom_1200` (as in the demo, smaller: 56 px,
+    8x8 patches of 7): the frozen encoder of the tiny VLM learning tests, trained once per session."""
+    import torch
+
+    from mxr0.config import load_recipe
+    from mxr0.train.loop import train
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        enc = train(load_recipe(REPO / "recipes/tiny/classify.yaml", [
+            *LEARN_COMMON, f"data.path={phantom_1200}", f"train.output_dir={tmp_path_factory.mktemp('enc') / 'classify'}",
+            "model.image_size=56",
+            "model.encoder_config={hidden_size: 64, num_hidden_layers: 3, num_attention_heads: 4, "
+            "intermediate_size: 128, patch_size: 7, num_register_tokens: 2}",
+            "train.epochs=30", "train.lr=2e-3", "train.warmup_steps=20"]))
+    finally:
+        torch.set_num_threads(old)
+    return Path(enc["export_dir"])

@@ -14,31 +14,17 @@ from mxr0.eval.reports.rules import finding_f1
 from mxr0.generate import generate_split
 from mxr0.tasks.report import report_answer
 from mxr0.train.loop import train
+from tests.conftest import LEARN_COMMON
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def phantom_1200(tmp_path_factory) -> Path:
-    from mxr0.data.phantom import generate_phantom
-
-    return Path(generate_phantom(tmp_path_factory.mktemp("ph1200r"), n_studies=1200, image_size=128, seed=4,
-                                 progress=False))
-
-
 @pytest.mark.slow
-def test_tiny_vlm_reports_agree_with_the_labels(phantom_1200, tmp_path, one_thread):
-    common = ["data.source=records", f"data.path={phantom_1200}", "train.eval_every=0", "train.save_every=0",
-              "train.progress=false", "train.trackers=[jsonl]"]
-    # 1. the encoder: a small finding classifier (as in the demo, smaller: 56 px, 8x8 patches of 7)
-    enc = train(load_recipe(REPO / "recipes/tiny/classify.yaml", [
-        *common, f"train.output_dir={tmp_path / 'classify'}", "model.image_size=56",
-        "model.encoder_config={hidden_size: 64, num_hidden_layers: 3, num_attention_heads: 4, "
-        "intermediate_size: 128, patch_size: 7, num_register_tokens: 2}",
-        "train.epochs=30", "train.lr=2e-3", "train.warmup_steps=20"]))
-    # 2. the VLM on top of the frozen encoder, its features computed once
+def test_tiny_vlm_reports_agree_with_the_labels(phantom_1200, finding_encoder, tmp_path, one_thread):
+    common = [*LEARN_COMMON, f"data.path={phantom_1200}"]
+    # the VLM on top of the frozen finding encoder (tests/conftest.py), its features computed once
     run = train(load_recipe(REPO / "recipes/tiny/mxr0_report.yaml", [
-        *common, f"train.output_dir={tmp_path / 'report'}", f"model.vision={enc['export_dir']}",
+        *common, f"train.output_dir={tmp_path / 'report'}", f"model.vision={finding_encoder}",
         "model.cache_features=true", "model.augment=false", "train.max_steps=600", "model.eval_generate=0"]))
     held_out = [r for r in read_records(phantom_1200, splits=["validation", "test"]) if r["anatomy"] == "chest"]
     preds = generate_split(run["export_dir"], held_out, tmp_path / "preds.jsonl", batch_size=32, progress=False)

@@ -7,6 +7,8 @@
 - ``report``: finding F1 of the rule-based CheXpert labeler against the records' labels;
 - ``vqa``: `mxr0.eval.vqa` (closed accuracy, open exact match / token F1, per question type) and
   ``vqa_majority_closed_accuracy``, the majority-answer baseline fitted on the training examples;
+  `ranked_closed_accuracy` adds ``vqa_closed_accuracy_ranked``: closed questions answered by the option the model
+  finds most likely (multiple-choice scoring), which cannot produce an answer outside the options;
 - ``grounding`` / ``localisation``: boxes parsed from the text, mapped back to the original frame, scored by
   `mxr0.eval.grounding` (mIoU, Acc@0.5, mAP@0.5, per phrase label / finding) next to the fixed-prior box
   baseline (``<kind>_prior_acc50``); ``<kind>_malformed`` counts unparsable boxes;
@@ -118,6 +120,21 @@ def score_kind(ds, indices: Sequence[int], preds: Sequence[str], kind: str, trai
         out["grounded_report_malformed"] = float(malformed)
         return out
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def ranked_closed_accuracy(model, tokenizer, ds, indices) -> dict[str, float]:
+    """``vqa_closed_accuracy_ranked``: closed questions answered by ranking their options by likelihood
+    (`mxr0.generate.rank_options`) instead of free generation; per question type too."""
+    from mxr0.eval.vqa import vqa_scores
+    from mxr0.generate import rank_options
+
+    idx = [i for i in indices if ds.examples[i].meta.get("answer_type") == "closed" and ds.examples[i].meta.get("options")]
+    if not idx:
+        return {}
+    picks = rank_options(model, tokenizer, ds, idx)
+    exs = [ds.examples[i] for i in idx]
+    s = vqa_scores(picks, [ex.answer for ex in exs], ["closed"] * len(exs), [ex.meta.get("question_type") or "" for ex in exs])
+    return {k.replace("closed_accuracy", "vqa_closed_accuracy_ranked"): v for k, v in s.items() if k.startswith("closed_accuracy")}
 
 
 def main_metric_of(kind: str) -> str:

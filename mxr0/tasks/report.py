@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -525,7 +524,7 @@ class ReportTask(Task):
     def _generation_metrics(self, model) -> dict[str, float]:
         """Greedy answers for the first ``eval_generate`` evaluation examples of each kind, scored per kind
         (`mxr0.eval.instruct.score_kind`)."""
-        from mxr0.eval.instruct import score_kind
+        from mxr0.eval.instruct import ranked_closed_accuracy, score_kind
         from mxr0.generate import generate_batch
 
         ds = self.eval_ds
@@ -540,6 +539,8 @@ class ReportTask(Task):
                     items = [ds[i] for i in idx[s:s + 16]]
                     preds += generate_batch(model, self.tokenizer, items, max_new_tokens=limit)
                 metrics.update(score_kind(ds, idx, preds, kind, train_ds=self.train_ds))
+                if kind == "vqa":
+                    metrics.update(ranked_closed_accuracy(model, self.tokenizer, ds, idx))
         finally:
             ds.with_answer = True
         return metrics

@@ -304,3 +304,17 @@ def progress(iterable, desc: str, enabled: bool, total: int | None = None, unit:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit=unit)
+
+
+def single_image_records(studies, out_dir: str | os.PathLike, check_images: bool, skips: Skips) -> list[dict]:
+    """The one-image records of ``studies`` (dicts with an absolute ``images[0].path``) whose image file exists
+    (missing ones counted in ``skips``; all kept when not ``check_images``), paths made relative to ``out_dir``."""
+    records = []
+    for rec in studies:
+        image = Path(rec["images"][0]["path"])
+        if check_images and not image.is_file():
+            skips.add("image file missing", str(image))
+            continue
+        rec["images"][0]["path"] = relative_path(image, out_dir)
+        records.append(rec)
+    return records

@@ -56,7 +56,7 @@ from mxr0.data.sources import (
     progress,
     read_table,
     records_path,
-    relative_path,
+    single_image_records,
 )
 
 __all__ = ["BOX_LABELS", "IMAGE_LABELS", "FRAME", "build_records", "convert", "read_bbox_list"]
@@ -196,15 +196,7 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, bbox: 
     if defaulted:
         log.warning("%s: %d images are in no official split list (train_val_list.txt / test_list.txt under %s): "
                     "put in %s", SOURCE, len(defaulted), root, default_split)
-    records = []
-    for rec in studies.values():
-        image = Path(rec["images"][0]["path"])
-        if check_images and not image.is_file():
-            skips.add("image file missing", str(image))
-            continue
-        rec["images"][0]["path"] = relative_path(image, out_dir)
-        records.append(rec)
-    return records, skips
+    return single_image_records(studies.values(), out_dir, check_images, skips), skips
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, bbox: str | os.PathLike | None = None,

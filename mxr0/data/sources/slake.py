@@ -45,7 +45,7 @@ from mxr0.data.sources import (
     progress,
     read_json,
     records_path,
-    relative_path,
+    single_image_records,
 )
 
 __all__ = ["build_records", "convert", "anatomy_of"]
@@ -127,15 +127,7 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
                 raise SourceError(path, f"image {item['img_id']} also has questions in {where[sid]} "
                                         f"({rec['split']}); SLAKE splits by image", i, "img_id")
             rec["qa"].append(_qa(item, path, i))
-    records = []
-    for sid, rec in studies.items():
-        image = Path(rec["images"][0]["path"])
-        if check_images and not image.is_file():
-            skips.add("image file missing", str(image))
-            continue
-        rec["images"][0]["path"] = relative_path(image, out_dir)
-        records.append(rec)
-    return records, skips
+    return single_image_records(studies.values(), out_dir, check_images, skips), skips
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

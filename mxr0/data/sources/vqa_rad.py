@@ -41,7 +41,7 @@ from mxr0.data.sources import (
     progress,
     read_json,
     records_path,
-    relative_path,
+    single_image_records,
 )
 
 __all__ = ["build_records", "convert", "JSON_NAME", "IMAGE_FOLDER"]
@@ -108,15 +108,7 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
                           "answer_type": kind.lower(),
                           "question_type": " ".join(str(item.get("question_type") or "").split()).lower(),
                           "options": options})
-    records = []
-    for rec in studies.values():
-        image = Path(rec["images"][0]["path"])
-        if check_images and not image.is_file():
-            skips.add("image file missing", str(image))
-            continue
-        rec["images"][0]["path"] = relative_path(image, out_dir)
-        records.append(rec)
-    return records, skips
+    return single_image_records(studies.values(), out_dir, check_images, skips), skips
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,
