@@ -25,7 +25,7 @@ def test_tiny_vlm_reports_agree_with_the_labels(phantom_1200, finding_encoder, t
     # the VLM on top of the frozen finding encoder (tests/conftest.py), its features computed once
     run = train(load_recipe(REPO / "recipes/tiny/mxr0_report.yaml", [
         *common, f"train.output_dir={tmp_path / 'report'}", f"model.vision={finding_encoder}",
-        "model.cache_features=true", "model.augment=false", "train.max_steps=600", "model.eval_generate=0"]))
+        "model.cache_features=true", "model.augment=false", "train.max_steps=400", "model.eval_generate=0"]))
     held_out = [r for r in read_records(phantom_1200, splits=["validation", "test"]) if r["anatomy"] == "chest"]
     preds = generate_split(run["export_dir"], held_out, tmp_path / "preds.jsonl", batch_size=32, progress=False)
     import json

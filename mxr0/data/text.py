@@ -58,7 +58,9 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, mode
                               save_dir: str | os.PathLike | None = None):
     """A lowercasing BERT WordPiece tokenizer (``BertTokenizerFast``) trained on ``texts``.
 
-    Deterministic for the same texts; saved with ``save_pretrained`` when ``save_dir`` is given."""
+    NOT deterministic: HF tokenizers' WordPiece trainer can give a few tokens more or less on the same texts
+    (592-594 measured), so a run trains it once and shares it (`cached_tokenizer`). Saved with
+    ``save_pretrained`` when ``save_dir`` is given."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
@@ -81,3 +83,41 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, mode
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         fast.save_pretrained(str(save_dir))
     return fast
+
+
+def text_fingerprint(texts: Iterable[str], *settings) -> str:
+    """A sha256 of the texts and the settings a tokenizer is trained with."""
+    import hashlib
+
+    h = hashlib.sha256(repr(settings).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "replace") + b"\x00")
+    return h.hexdigest()
+
+
+def cached_tokenizer(folder: str | os.PathLike, fingerprint: str, build):
+    """The tokenizer saved in ``folder`` when it was trained on the same texts and settings (``fingerprint``),
+    else ``build()``'s, saved there atomically. Trained tokenizers are not deterministic across processes, so
+    the loop's ``main_process_first`` lets the main process train and save it and every other rank (and a
+    resumed run) load that same one, instead of each rank training its own vocabulary."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    stamp = folder / "mxr0_fingerprint.txt"
+    if stamp.is_file() and stamp.read_text().strip() == fingerprint:
+        return AutoTokenizer.from_pretrained(str(folder))
+    tok = build()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tok.save_pretrained(str(tmp))
+    (tmp / "mxr0_fingerprint.txt").write_text(fingerprint)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process saved it first: theirs is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
+

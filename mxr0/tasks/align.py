@@ -251,7 +251,7 @@ class AlignTask(Task):
 
     # --- build ---------------------------------------------------------------------------------
     def _build_tokenizer(self, train_records: list[dict]):
-        from mxr0.data.text import report_text, train_wordpiece_tokenizer
+        from mxr0.data.text import cached_tokenizer, report_text, text_fingerprint, train_wordpiece_tokenizer
 
         c = self.cfg
         if c.tokenizer or c.text:
@@ -259,8 +259,11 @@ class AlignTask(Task):
 
             tok = AutoTokenizer.from_pretrained(c.tokenizer or c.text)
         else:
-            texts = [report_text(r, c.text_sections) for r in train_records]
-            tok = train_wordpiece_tokenizer([t for t in texts if t], c.tokenizer_vocab_size, c.max_text_length)
+            texts = [t for t in (report_text(r, c.text_sections) for r in train_records) if t]
+            # trained once per run folder and shared by every rank (and a resumed run): see cached_tokenizer
+            tok = cached_tokenizer(Path(self.recipe.train.output_dir) / "tokenizer",
+                                   text_fingerprint(texts, c.tokenizer_vocab_size, c.max_text_length),
+                                   lambda: train_wordpiece_tokenizer(texts, c.tokenizer_vocab_size, c.max_text_length))
             log.info("trained a WordPiece tokenizer of %d tokens on %d training reports", len(tok), len(texts))
         limit = getattr(tok, "model_max_length", None)
         if limit and limit < 1_000_000:
