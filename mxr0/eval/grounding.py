@@ -42,15 +42,6 @@ def box_iou(a, b) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def _mask(boxes: np.ndarray, grid: int) -> np.ndarray:
-    m = np.zeros((grid, grid), dtype=bool)
-    for x1, y1, x2, y2 in np.clip(boxes, 0, 1):
-        c0, c1 = int(round(x1 * grid)), max(int(round(x2 * grid)), int(round(x1 * grid)) + 1)
-        r0, r1 = int(round(y1 * grid)), max(int(round(y2 * grid)), int(round(y1 * grid)) + 1)
-        m[r0:r1, c0:c1] = True
-    return m
-
-
 def region_iou(pred, ref, grid: int = GRID) -> float:
     """IoU of the union of ``pred`` boxes with the union of ``ref`` boxes (0 when ``pred`` is empty)."""
     pred, ref = _as_boxes(pred), _as_boxes(ref)
@@ -58,7 +49,9 @@ def region_iou(pred, ref, grid: int = GRID) -> float:
         return float(len(pred) == 0 and len(ref) == 0)
     if len(pred) == 1 and len(ref) == 1:
         return float(box_iou(pred, ref)[0, 0])
-    mp, mr = _mask(pred, grid), _mask(ref, grid)
+    from mxr0.eval.align import box_mask
+
+    mp, mr = box_mask(np.clip(pred, 0, 1), grid), box_mask(np.clip(ref, 0, 1), grid)
     union = np.logical_or(mp, mr).sum()
     return float(np.logical_and(mp, mr).sum() / union) if union else 0.0
 

@@ -146,7 +146,7 @@ class ReportDataset(torch.utils.data.Dataset):
             log.warning("%d studies without a current frontal image or without %s text are left out", empty["report"],
                         "/".join(cfg.target_sections))
         for k, n in empty.items():
-            if k != "report" and len(kinds) > 0:
+            if k != "report":
                 log.info("%s: %d of %d studies give no example", k, n, len(records))
         self.tokenizer, self.transform, self.cfg = tokenizer, transform, cfg
         self.n_image_tokens, self.train, self.seed, self.epoch = n_image_tokens, train, seed, 0

@@ -56,8 +56,9 @@ from mxr0.data.sources import (
     records_path,
     relative_path,
 )
+from mxr0.eval.grounding import box_iou
 
-__all__ = ["BOX_LABELS", "IMAGE_LABELS", "build_records", "convert", "fuse_boxes", "image_size", "iou"]
+__all__ = ["BOX_LABELS", "IMAGE_LABELS", "build_records", "convert", "fuse_boxes", "image_size"]
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,6 @@ _COLUMNS = ("image_id", "class_name", "rad_id", "x_min", "y_min", "x_max", "y_ma
 _IMAGE_EXTS = (".dicom", ".dcm", ".png", ".jpg", ".jpeg")
 
 
-def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def fuse_boxes(boxes: list[tuple[str, tuple[float, float, float, float]]],
                threshold: float = 0.5) -> list[tuple[float, float, float, float]]:
     """Merge ``[(reader, box)]`` of one class on one image: each box joins the first cluster whose
@@ -95,7 +87,7 @@ def fuse_boxes(boxes: list[tuple[str, tuple[float, float, float, float]]],
     for reader, box in boxes:
         for readers, members in clusters:
             mean = tuple(sum(m[k] for m in members) / len(members) for k in range(4))
-            if reader not in readers and iou(mean, box) >= threshold:
+            if reader not in readers and box_iou(mean, box)[0, 0] >= threshold:
                 readers.add(reader)
                 members.append(box)
                 break
