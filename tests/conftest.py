@@ -18,6 +18,40 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (the README's test command runs one worker per core) each worker gets one intra-op thread:
+# two workers on two cores do not oversubscribe, and a test's floating-point results do not depend on how
+# many workers run beside it (reduction order follows the thread count).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+
+
+def shared_artifact(tmp_path_factory, name: str, build) -> Path:
+    """Build ``name`` once per test run, shared by every xdist worker: the first worker to ask builds it into
+    a folder beside the workers' own temp roots (under a file lock); the others wait and reuse it.
+
+    ``build(folder) -> Path`` must be deterministic for the run (fixed seeds, one thread), so the tests see
+    the same artifact whichever worker built it. Without xdist this is a plain session-wide build."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's root, common to all workers
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if done.exists():
+            return Path(done.read_text())
+        if folder.exists():  # a worker died while building: start again
+            import shutil
+
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        result = Path(build(folder))
+        done.write_text(str(result))
+        return result
+
 
 def shared_data_dir() -> Path:
     """``../shared/data`` beside the checkout (or $MXR0_SHARED_DATA)."""
@@ -37,8 +71,8 @@ def phantom_small(tmp_path_factory) -> Path:
     """A small phantom set (240 studies at 64 px), drawn once per test session."""
     from mxr0.data.phantom import generate_phantom
 
-    out = tmp_path_factory.mktemp("phantom_small")
-    return Path(generate_phantom(out, n_studies=240, image_size=64, seed=0, workers=1, progress=False))
+    return shared_artifact(tmp_path_factory, "phantom_small", lambda out: generate_phantom(
+        out, n_studies=240, image_size=64, seed=0, workers=1, progress=False))
 
 
 @pytest.fixture
@@ -57,8 +91,8 @@ def phantom_1200(tmp_path_factory) -> Path:
     """1,200 phantom studies at 128 px (the generation learning tests' data), drawn once per session."""
     from mxr0.data.phantom import generate_phantom
 
-    return Path(generate_phantom(tmp_path_factory.mktemp("ph1200r"), n_studies=1200, image_size=128, seed=4,
-                                 progress=False))
+    return shared_artifact(tmp_path_factory, "phantom_1200", lambda out: generate_phantom(
+        out, n_studies=1200, image_size=128, seed=4, progress=False))
 
 
 LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0", "train.progress=false",
@@ -74,15 +108,18 @@ def finding_encoder(phantom_1200, tmp_path_factory) -> Path:
     from mxr0.config import load_recipe
     from mxr0.train.loop import train
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        enc = train(load_recipe(REPO / "recipes/tiny/classify.yaml", [
-            *LEARN_COMMON, f"data.path={phantom_1200}", f"train.output_dir={tmp_path_factory.mktemp('enc') / 'classify'}",
-            "model.image_size=112",
-            "model.encoder_config={hidden_size: 64, num_hidden_layers: 3, num_attention_heads: 4, "
-            "intermediate_size: 128, patch_size: 14, num_register_tokens: 2}",
-            "train.epochs=30", "train.lr=2e-3", "train.warmup_steps=20"]))
-    finally:
-        torch.set_num_threads(old)
-    return Path(enc["export_dir"])
+    def build(out: Path) -> Path:
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            enc = train(load_recipe(REPO / "recipes/tiny/classify.yaml", [
+                *LEARN_COMMON, f"data.path={phantom_1200}", f"train.output_dir={out / 'classify'}",
+                "model.image_size=112",
+                "model.encoder_config={hidden_size: 64, num_hidden_layers: 3, num_attention_heads: 4, "
+                "intermediate_size: 128, patch_size: 14, num_register_tokens: 2}",
+                "train.epochs=30", "train.lr=2e-3", "train.warmup_steps=20"]))
+        finally:
+            torch.set_num_threads(old)
+        return Path(enc["export_dir"])
+
+    return shared_artifact(tmp_path_factory, "finding_encoder", build)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -83,6 +84,21 @@ def test_wordpiece_tokenizer_round_trip(tmp_path):
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and tok.unk_token_id not in ids
     again = AutoTokenizer.from_pretrained(str(tmp_path))
     assert again("No pleural effusion.")["input_ids"] == ids
+
+
+def test_wordpiece_vocabulary_is_the_same_in_every_process():
+    """HF's WordPiece trainer breaks ties in per-process hash order (different vocabularies on the same texts);
+    ours must give the same tokens and ids in fresh interpreters with different hash seeds."""
+    import subprocess
+    import sys
+
+    code = ("import json, random; from mxr0.data.text import train_wordpiece_tokenizer; r = random.Random(0); "
+            "w = 'the heart size is normal small left pleural effusion no pneumothorax mild cardiomegaly'.split(); "
+            "t = [' '.join(r.choice(w) for _ in range(r.randint(3, 20))) + '.' for _ in range(500)]; "
+            "print(json.dumps(sorted(train_wordpiece_tokenizer(t, vocab_size=80).get_vocab().items())))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
+    assert len(outs) == 1 and len(json.loads(outs.pop())) > 30
 
 
 # --- metrics ---------------------------------------------------------------------------------------

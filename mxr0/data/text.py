@@ -55,23 +55,41 @@ def normalise_text(text: str) -> str:
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, model_max_length: int = 128,
-                              save_dir: str | os.PathLike | None = None):
-    """A lowercasing BERT WordPiece tokenizer (``BertTokenizerFast``) trained on ``texts``.
+                              save_dir: str | os.PathLike | None = None, min_frequency: int = 1):
+    """A lowercasing BERT WordPiece tokenizer (``BertTokenizerFast``) with a vocabulary built from ``texts``.
 
-    NOT deterministic: HF tokenizers' WordPiece trainer can give a few tokens more or less on the same texts
-    (592-594 measured), so a run trains it once and shares it (`cached_tokenizer`). Saved with
+    Deterministic: the same texts give the same vocabulary and ids in every process. HF tokenizers'
+    ``WordPieceTrainer`` does not (it breaks ties between equally frequent merges in hash order, which Rust
+    seeds per process: 592-594 tokens and different ids measured on the same texts), so the vocabulary is built
+    here: the special tokens, every character seen (as a word start and as a ``##`` continuation, sorted), then
+    whole words by descending frequency (ties by the word) up to ``vocab_size``. Reports of a tiny text tower
+    have a small vocabulary, so whole words cover them; an unseen word falls back to its characters. Text is
+    normalised and split by the same BERT normaliser and pre-tokeniser the saved tokenizer uses. Saved with
     ``save_pretrained`` when ``save_dir`` is given."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normaliser, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w, _ in splitter.pre_tokenize_str(normaliser.normalize_str(text)))
+    starts = sorted({w[0] for w in counts})
+    inner = sorted({"##" + c for w in counts for c in w[1:]})
+    vocab = list(special) + starts + inner
+    known = set(vocab)
+    for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size or n < min_frequency:
+            break
+        if word not in known:
+            vocab.append(word)
+            known.add(word)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normaliser
+    tok.pre_tokenizer = splitter
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=1,
-                                        show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
