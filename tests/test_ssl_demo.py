@@ -1,4 +1,4 @@
-"""The XR-0 part of the demo (`mxr0.demo_ssl.run_ssl_demo`) end to end, in its fast form."""
+"""The XR-0 part of the demo (`mxr0.demo.xr0.run_ssl_demo`) end to end, in its fast form."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 def test_ssl_demo_fast_runs_and_reports(tmp_path):
     from transformers import AutoModel
 
-    from mxr0.demo_ssl import run_ssl_demo
+    from mxr0.demo.xr0 import run_ssl_demo
 
     out = run_ssl_demo(tmp_path / "demo", tmp_path / "phantom", fast=True)
     metrics = [r["metric"] for r in out["rows"]]

@@ -5,9 +5,9 @@
 2. train the tiny finding classifier (`recipes/tiny/classify.yaml`) with the one training loop;
 3. evaluate the exported Hugging Face model on held-out test studies and print the AUROC table;
 4. train a tiny mXR-0 report generator on the classifier's encoder, generate the test reports and
-   score their findings against the labels (`mxr0.demo_report`);
+   score their findings against the labels (`mxr0.demo.report`);
 5. pretrain the tiny XR-0 encoder self-supervised (DINO + iBOT + KoLeo) and compare it with random
-   initialisation on the frozen-encoder suite (`mxr0.demo_ssl`).
+   initialisation on the frozen-encoder suite (`mxr0.demo.xr0`).
 """
 
 from __future__ import annotations
@@ -17,15 +17,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from mxr0.demo.common import recipe_path
+
 DEMO_RECIPE = "tiny/classify.yaml"
-
-
-def recipe_path(name: str) -> Path:
-    """A recipe shipped with the repository (recipes/ beside the package)."""
-    here = Path(__file__).resolve().parent.parent / "recipes" / name
-    if here.exists():
-        return here
-    raise FileNotFoundError(f"recipe {name} not found under {here.parent}; run from a checkout of mxr0")
 
 
 def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: bool = False, xr0: bool = True,
@@ -74,13 +68,13 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
     print(f"[demo] model: {result['export_dir']} (loads with transformers AutoModelForImageClassification)")
     print(f"[demo] logs: {result['run_dir']}/metrics.jsonl, tensorboard --logdir {result['run_dir']}/tensorboard")
     if report:
-        from mxr0.demo_report import run_report_demo
+        from mxr0.demo.report import run_report_demo
 
         print(f"[demo] 4/{n_parts} report generation: tiny VLM on the classifier's encoder (recipes/tiny/mxr0_report.yaml)")
         summary["report"] = run_report_demo(out_dir, data, result["export_dir"], fast=fast)
         (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     if xr0:
-        from mxr0.demo_ssl import run_ssl_demo
+        from mxr0.demo.xr0 import run_ssl_demo
 
         print(f"[demo] {n_parts}/{n_parts} XR-0 self-supervised pretraining and the frozen-encoder suite")
         summary["xr0"] = run_ssl_demo(out_dir, data, fast=fast)

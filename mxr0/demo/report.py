@@ -16,13 +16,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mxr0.demo.common import recipe_path
+
 DEMO_RECIPE = "tiny/mxr0_report.yaml"
 
 
 def run_report_demo(out_dir: Path, data: str, encoder: str, fast: bool = False) -> dict[str, Any]:
     from mxr0.config import load_recipe
     from mxr0.data.records import read_records
-    from mxr0.demo import recipe_path
     from mxr0.eval.reports.rules import finding_f1
     from mxr0.generate import generate_split
     from mxr0.tasks.report import report_answer
