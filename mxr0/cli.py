@@ -17,10 +17,12 @@
     mxr0 eval align --model runs/tiny-align/export --data data_cache/phantom --out runs/tiny-align/eval
     mxr0 generate --model runs/tiny-report/export --data data_cache/phantom --split test --out preds.jsonl
     mxr0 generate --model runs/tiny-report/export --image frontal.dcm --image lateral.dcm --indication "Cough."
-    mxr0 generate --task grounding --model runs/tiny-mixture/export --image cxr.png --prompt "left effusion" \
+    mxr0 generate --task grounding --model runs/tiny-mixture/export --image cxr.png --prompt "left effusion" \\
         --overlay boxes.png                     boxes as text, drawn on the image (also vqa, localisation)
     mxr0 generate --task vqa --model runs/tiny-mixture/export --data data_cache/phantom --out vqa.jsonl
     mxr0 export runs/tiny-report --checkpoint latest        a checkpoint as a merged Hugging Face folder
+    mxr0 export-encoder runs/tiny-align/export --out encoders/align   the image encoder of any export (XR-0,
+                                                classifier, alignment, report / VLM) as a plain DINOv2 folder
     mxr0 push runs/tiny-classify --repo-id ORG/NAME [--public] [--revision BRANCH] [--eval PATH ...]
                                                 the export + a model card to the Hugging Face Hub (private)
     mxr0 push runs/tiny-classify --repo-id ORG/NAME --card-only README.md   the card only, no upload
@@ -46,6 +48,19 @@ def _setup_logging(verbose: bool) -> None:
 
 # ---------------------------------------------------------------------------------------------
 def cmd_prepare(args) -> int:
+    """``mxr0 prepare``: every output folder is written under its lock (``.mxr0-prepare.lock``): a second
+    run into the same folder waits for the first (up to ``$MXR0_PREPARE_LOCK_TIMEOUT`` s, default 3600)
+    and then reuses or rewrites it; a folder is marked complete only after every file is verified."""
+    from mxr0.data.records import FolderBusyError, IncompleteFolderError
+
+    try:
+        return _cmd_prepare(args)
+    except (FolderBusyError, IncompleteFolderError) as e:
+        print(f"mxr0 prepare {args.source}: {e}", file=sys.stderr)
+        return 1
+
+
+def _cmd_prepare(args) -> int:
     from mxr0.data.sources import SOURCES
 
     if args.source == "cache":
@@ -267,6 +282,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_encoder(args) -> int:
+    from mxr0.models.encoder import EncoderSourceError
+    from mxr0.models.encoder_export import export_encoder
+
+    try:
+        out = export_encoder(args.source, args.out, overwrite=args.overwrite)
+    except (EncoderSourceError, FileExistsError, FileNotFoundError) as e:
+        print(f"mxr0 export-encoder: {e}", file=sys.stderr)
+        return 1
+    print(f"[mxr0] encoder exported: {out}")
+    return 0
+
+
 def cmd_push(args) -> int:
     from mxr0.hub import HubError, push_run, render_model_card
 
@@ -353,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--path-column", help="dicom-folder: column of DICOM paths relative to ROOT")
     pr.add_argument("--study-id", choices=["hash", "key"], default="hash",
                     help="dicom-folder: study_id is a hash of the key (default) or the key as given")
-    pr.add_argument("--salt", default="", help="dicom-folder: secret salt for the hashed study ids")
+    pr.add_argument("--salt", default=None, help="dicom-folder: secret salt for the hashed study ids (default: "
+                    "$MXR0_STUDY_ID_SALT, else a random salt kept in OUT/.study-id-salt; never logged)")
     pr.add_argument("--cache-size", type=int, default=None,
                     help="also write a training cache: images resized to this shortest side (e.g. 518), in "
                          "OUT/cache-N (resumable; see mxr0/data/cache.py)")
@@ -437,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge LoRA adapters into the weights (always done; the adapter is kept in adapter/)")
     x.set_defaults(fn=cmd_export)
 
+    xe = sub.add_parser("export-encoder", help="write the image encoder of any export (XR-0, classifier, alignment, "
+                        "report / VLM) as a standalone Hugging Face encoder folder")
+    xe.add_argument("source", help="an export folder or Hub id: XR-0 / DINOv2 / RAD-DINO encoder, classifier, "
+                    "alignment dual encoder (its vision tower) or report / VLM (its vision tower)")
+    xe.add_argument("--out", required=True, help="output folder (config.json, model.safetensors, "
+                    "preprocessor_config.json; AutoModel / AutoImageProcessor load it)")
+    xe.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    xe.set_defaults(fn=cmd_export_encoder)
+
     ph = sub.add_parser("push", help="upload a run's export with a model card to the Hugging Face Hub (private by default)")
     ph.add_argument("run_dir", help="a training run folder (recipe.yaml, results.json, export/)")
     ph.add_argument("--repo-id", required=True, help="Hub repository OWNER/NAME (created when missing)")
@@ -460,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from mxr0.config import ConfigError
+    from mxr0.train.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -468,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mxr0: configuration error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:  # a corrupt / missing checkpoint, a failed save: named, no traceback
+        print(f"mxr0: checkpoint error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -25,10 +26,22 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def clean_generation(text: str) -> str:
-    """Generated text up to the end-of-turn marker, without special tokens."""
-    for stop in ("<|end|>", "</s>"):
-        text = text.split(stop)[0]
+def clean_generation(text: str, tokenizer, generation_config=None) -> str:
+    """Generated text (decoded with its special tokens) up to the first stop token, without special tokens
+    except the box tokens (``<box>``, ``<x12>``, …) of grounding answers.
+
+    The stop and special tokens are the ``tokenizer``'s (`mxr0.data.chat.stop_token_ids`: eos, end-of-turn,
+    ``generation_config.eos_token_id``)."""
+    from mxr0.data.chat import special_token_ids, stop_token_ids, visible_special_tokens
+
+    stops = tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer, generation_config))
+    keep = visible_special_tokens(tokenizer)
+    drop = [t for t in tokenizer.convert_ids_to_tokens(sorted(special_token_ids(tokenizer))) if t and t not in keep]
+    for stop in stops:
+        if stop:
+            text = text.split(stop)[0]
+    if drop:
+        text = re.sub("|".join(re.escape(t) for t in sorted(drop, key=len, reverse=True)), "", text)
     return text.strip()
 
 
@@ -36,14 +49,13 @@ def clean_generation(text: str) -> str:
 def generate_batch(model, tokenizer, items: list[dict], max_new_tokens: int = 160, num_beams: int = 1,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
     """Reports for prompt-only dataset items (``input_ids`` and ``pixel_values`` each), left-padded."""
+    from mxr0.data.chat import stop_token_ids
     from mxr0.tasks.report import ChatCollator
 
     batch = ChatCollator(tokenizer.pad_token_id, "left")(items)
     device = next(model.parameters()).device
-    end_ids = [tokenizer.eos_token_id]
-    end = tokenizer.convert_tokens_to_ids("<|end|>")
-    if isinstance(end, int) and end != tokenizer.unk_token_id:
-        end_ids.append(end)
+    gen_cfg = getattr(model, "generation_config", None)
+    end_ids = stop_token_ids(tokenizer, gen_cfg)
     kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, eos_token_id=end_ids,
                   pad_token_id=tokenizer.pad_token_id, use_cache=True)
     if do_sample:
@@ -51,7 +63,7 @@ def generate_batch(model, tokenizer, items: list[dict], max_new_tokens: int = 16
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          pixel_values=batch["pixel_values"].to(device, dtype=next(model.parameters()).dtype), **kwargs)
     new = out[:, batch["input_ids"].shape[1]:]
-    return [clean_generation(t) for t in tokenizer.batch_decode(new, skip_special_tokens=False)]
+    return [clean_generation(t, tokenizer, gen_cfg) for t in tokenizer.batch_decode(new, skip_special_tokens=False)]
 
 
 class ModelNotFound(FileNotFoundError):
@@ -158,13 +170,12 @@ def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: 
     out_path = Path(out_path)
     done: set[str] = set()
     if out_path.exists():
-        for line_no, line in enumerate(out_path.read_text().splitlines(), 1):
+        for line_no, line in enumerate(_resume_lines(out_path), 1):
             if line.strip():
                 try:
                     done.add(json.loads(line)["study_id"])
-                except (json.JSONDecodeError, KeyError):
+                except (json.JSONDecodeError, KeyError, TypeError):
                     log.warning("%s line %d is incomplete (an interrupted write); it is generated again", out_path, line_no)
-        _drop_partial_last_line(out_path)
     todo = [r for r in records if r["study_id"] not in done]
     ds = ReportDataset(todo, tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False,
                        kinds=["report"])
@@ -204,10 +215,31 @@ def write_references(records: list[dict], path: str | os.PathLike, sections: lis
     return path
 
 
-def _drop_partial_last_line(path: Path) -> None:
+def _resume_lines(path: Path) -> list[str]:
+    """The lines of an existing output file, after making it end with a newline so that appends start on a
+    line of their own: a last line without its newline is kept when it is a complete JSON object (the write
+    finished but for the newline) and dropped when it is not (an interrupted write, generated again)."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+        cut = data.rfind(b"\n") + 1
+        try:
+            complete = isinstance(json.loads(data[cut:]), dict)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            complete = False
+        if complete:
+            with open(path, "ab") as f:
+                f.write(b"\n")
+            data += b"\n"
+        else:
+            log.warning("%s: dropping its incomplete last line (an interrupted write): %r", path, data[cut:cut + 80])
+            path.write_bytes(data[:cut])
+            data = data[:cut]
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8; cannot resume from it: move it away (or fix that line) "
+                         "and run again") from None
 
 
 def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[str] | None = None,
@@ -216,6 +248,7 @@ def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[
     """A report for one study from image files (PNG / JPEG / DICOM), streamed to stdout when ``stream``."""
     from transformers import TextStreamer
 
+    from mxr0.data.chat import stop_token_ids
     from mxr0.tasks.report import ReportDataset
 
     model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
@@ -230,13 +263,14 @@ def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[
     item = ds[0]
     device = next(model.parameters()).device
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    end_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    gen_cfg = getattr(model, "generation_config", None)
     with torch.no_grad():
         out = model.generate(input_ids=torch.tensor([item["input_ids"]], device=device),
                              pixel_values=item["pixel_values"].to(device), max_new_tokens=max_new_tokens or cfg.max_new_tokens,
-                             do_sample=False, eos_token_id=[e for e in end_ids if isinstance(e, int)],
+                             do_sample=False, eos_token_id=stop_token_ids(tokenizer, gen_cfg),
                              pad_token_id=tokenizer.pad_token_id, streamer=streamer)
-    return clean_generation(tokenizer.decode(out[0, len(item["input_ids"]):], skip_special_tokens=False))
+    return clean_generation(tokenizer.decode(out[0, len(item["input_ids"]):], skip_special_tokens=False), tokenizer,
+                            gen_cfg)
 
 
 def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: str | os.PathLike, task: str,
@@ -272,8 +306,7 @@ def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: s
     out_path = Path(out_path)
     done: dict[str, dict] = {}
     if out_path.exists():
-        _drop_partial_last_line(out_path)
-        for line in out_path.read_text().splitlines():
+        for line in _resume_lines(out_path):
             if line.strip():
                 row = json.loads(line)
                 done[row["id"]] = row

@@ -17,7 +17,8 @@ present), intended use with a research-only disclaimer, and limitations.
 
 The token comes from the ``token`` argument, else ``HF_TOKEN``, else the stored login
 (``huggingface-cli login`` / ``hf auth login``); it is never logged, printed or written into the card.
-``HF_ENDPOINT`` (or ``endpoint``) selects another Hub server.
+``HF_ENDPOINT`` (or ``endpoint``) selects another Hub server: ``https://``, or plain ``http://`` to a loopback
+host only (127.0.0.0/8, ::1, localhost), since the token goes with every request (`check_endpoint`).
 """
 
 from __future__ import annotations
@@ -37,12 +38,6 @@ import yaml
 
 log = logging.getLogger("mxr0.hub")
 
-PIPELINE_TAGS = {
-    "classify": "image-classification",
-    "ssl": "image-feature-extraction",
-    "align": "zero-shot-image-classification",
-    "report": "image-text-to-text",
-}
 TAGS = ["radiology", "x-ray", "medical", "mxr0"]
 BASE_MODEL_FIELDS = ("init_from", "encoder", "vision", "text", "llm")
 """``model.*`` fields of the recipes that name a starting checkpoint (a Hub id or a local path)."""
@@ -431,79 +426,17 @@ def find_eval_outputs(run_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _usage(task: str, repo: str, export: Path) -> str:
-    if task == "classify":
-        return f'''```python
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+def card_info_of(task: str, repo: str, export: Path):
+    """The task's model-card details (`mxr0.tasks.base.CardInfo`: pipeline tag, summary, usage snippet,
+    limitations), declared by the task class; a task mxr0 does not know gets the generic ones."""
+    from mxr0.tasks import get_task_class
+    from mxr0.tasks.base import Task
 
-repo = "{repo}"
-processor = AutoImageProcessor.from_pretrained(repo)
-model = AutoModelForImageClassification.from_pretrained(repo).eval()
-
-image = Image.open("chest_xray.png").convert("RGB")
-with torch.no_grad():
-    logits = model(**processor(images=image, return_tensors="pt")).logits
-probs = logits.sigmoid()[0]  # multi-label: one independent probability per finding
-print({{model.config.id2label[i]: round(float(p), 3) for i, p in enumerate(probs)}})
-```
-
-`mxr0_labels.json` holds the label list and how uncertain / blank labels were mapped in training.'''
-    if task == "ssl":
-        return f'''```python
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModel
-
-repo = "{repo}"
-processor = AutoImageProcessor.from_pretrained(repo)
-model = AutoModel.from_pretrained(repo).eval()
-
-image = Image.open("xray.png").convert("RGB")
-with torch.no_grad():
-    out = model(**processor(images=image, return_tensors="pt"))
-embedding = out.pooler_output                       # (1, hidden_size) image-level feature (CLS)
-n_skip = 1 + getattr(model.config, "num_register_tokens", 0)
-patches = out.last_hidden_state[:, n_skip:]         # (1, n_patches, hidden_size) patch features
-```
-
-A frozen encoder: use the features with a linear probe, kNN, or a segmentation decoder
-(`mxr0 eval vision` runs all of these).'''
-    if task == "align":
-        return f'''```python
-import torch
-from PIL import Image
-from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
-
-repo = "{repo}"
-model = VisionTextDualEncoderModel.from_pretrained(repo).eval()
-processor = VisionTextDualEncoderProcessor.from_pretrained(repo)
-
-image = Image.open("chest_xray.png").convert("RGB")
-texts = ["No pleural effusion.", "Large right pleural effusion."]
-inputs = processor(text=texts, images=image, return_tensors="pt", padding=True)
-with torch.no_grad():
-    out = model(**inputs)
-print(out.logits_per_image.softmax(dim=-1))  # zero-shot: which text fits the image best
-```
-
-`mxr0_align.json` holds the training loss, the report sections used as text, the zero-shot prompts
-and the logit bias (sigmoid loss).'''
-    if task == "report":
-        adapter = "\nA LoRA adapter (before merging) is in `adapter/`." if (export / "adapter").exists() else ""
-        return f'''```python
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-repo = "{repo}"
-model = AutoModelForImageTextToText.from_pretrained(repo).eval()   # LlavaForConditionalGeneration
-processor = AutoProcessor.from_pretrained(repo)
-```
-
-The exact prompt (views, indication / technique / comparison, instruction, number of image tokens) is in
-`mxr0_report.json`; `mxr0 generate --model <downloaded folder> --image frontal.png --image lateral.png`
-builds it and streams a report.{adapter}'''
-    return f'```python\nfrom transformers import AutoModel\n\nmodel = AutoModel.from_pretrained("{repo}")\n```'
+    try:
+        cls = get_task_class(task)
+    except KeyError:
+        cls = type("UnknownTask", (Task,), {"name": task})
+    return cls.card_info(repo, export)
 
 
 def _front_matter(meta: dict) -> str:
@@ -540,9 +473,10 @@ def render_model_card(run_dir: str | os.PathLike, extra_eval: Sequence[str | os.
     local_bases = [f"`model.{k}` = local checkpoint `{_redact_value(model_cfg[k])}`" for k in BASE_MODEL_FIELDS
                    if isinstance(model_cfg.get(k), str) and model_cfg.get(k) and not is_hub_id(model_cfg[k])]
     phantom = _is_phantom(data)
+    info = card_info_of(task, repo, export)
 
     meta: dict[str, Any] = {"license": license, "library_name": "transformers",
-                            "pipeline_tag": PIPELINE_TAGS.get(task, "feature-extraction"),
+                            "pipeline_tag": info.pipeline_tag,
                             "tags": TAGS + [task] + (["synthetic-data"] if phantom else [])}
     if base_models:
         meta["base_model"] = base_models
@@ -562,12 +496,8 @@ def render_model_card(run_dir: str | os.PathLike, extra_eval: Sequence[str | os.
              if license == "other" else f"License: `{license}`.\n")
 
     # --- summary / architecture ------------------------------------------------------------
-    task_words = {"classify": "a multi-label finding classifier (image → per-finding probabilities)",
-                  "ssl": "a self-supervised image encoder (DINOv2-style image- and patch-level objectives)",
-                  "align": "a contrastive image–report dual encoder (retrieval, zero-shot classification)",
-                  "report": "a vision-language model that writes radiology reports from images"}
     S.append("## Model summary\n")
-    S.append(f"Task `{task}`: {task_words.get(task, task)}. Trained with [mxr0](#how-it-was-made). Architecture "
+    S.append(f"Task `{task}`: {info.summary}. Trained with [mxr0](#how-it-was-made). Architecture "
              f"{', '.join(f'`{a}`' for a in arch)}; {_fmt_count(n_params)} parameters (from the safetensors "
              "headers).\n")
     S.append("### Architecture\n")
@@ -586,7 +516,7 @@ def render_model_card(run_dir: str | os.PathLike, extra_eval: Sequence[str | os.
     # --- usage -------------------------------------------------------------------------------
     S.append("## How to use\n")
     S.append("Plain `transformers`, no `trust_remote_code`:\n")
-    S.append(_usage(task, repo, export) + "\n")
+    S.append(info.usage + "\n")
 
     # --- data ----------------------------------------------------------------------------------
     S.append("## Training data\n")
@@ -677,9 +607,7 @@ def render_model_card(run_dir: str | os.PathLike, extra_eval: Sequence[str | os.
         "Labels extracted from reports by rule-based or learned labellers are noisy; metrics inherit that noise.",
         "Subgroup performance may differ (sex, age, ethnicity, devices); see the fairness section above.",
     ]
-    if task == "report":
-        lim.append("Generated reports can be fluent and wrong: they may omit findings or describe findings that are "
-                   "not in the image (hallucination), including devices and comparisons with priors.")
+    lim += list(info.limitations)
     if state.get("step") is not None and state["step"] < 1000:
         lim.append(f"Trained for only {state['step']} optimiser steps.")
     S.append("\n".join(f"- {x}" for x in lim) + "\n")
@@ -729,6 +657,40 @@ def resolve_token(token: str | None = None) -> str:
     return token
 
 
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def check_endpoint(endpoint: str | None, what: str = "--endpoint") -> str | None:
+    """``endpoint`` unchanged when the Hub token may be sent to it: an ``https://`` URL, or plain ``http://``
+    to a loopback host only (127.0.0.0/8, ::1, ``localhost``: a local mirror or test server, never on the
+    wire). Anything else is a `HubError` naming ``what`` (the option or variable it came from)."""
+    if not endpoint:
+        return endpoint
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(str(endpoint).strip())
+        host = (url.hostname or "").lower()
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise HubError(f"{what} {endpoint!r} is not a valid URL ({e}); expected https://HOST[:PORT]") from None
+    scheme = url.scheme.lower()
+    if not host or scheme not in ("http", "https"):
+        raise HubError(f"{what} {endpoint!r}: expected an https://HOST[:PORT] URL (the Hub server to push to)")
+    if scheme == "https":
+        return endpoint
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in _LOOPBACK_NAMES
+    if not loopback:
+        raise HubError(f"{what} {endpoint!r}: plain http:// would send your Hugging Face token unencrypted to "
+                       f"{host}; use https://{url.netloc}{url.path} (plain http is allowed only to a loopback host: "
+                       "127.0.0.0/8, ::1, localhost)")
+    return endpoint
+
+
 def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = True, revision: str | None = None,
              token: str | None = None, commit_message: str | None = None, create_pr: bool = False,
              endpoint: str | None = None, extra_eval: Sequence[str | os.PathLike] | None = None) -> str:
@@ -737,7 +699,8 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = True, rev
     The repository is created when missing (private unless ``private=False``; an existing repository keeps
     its visibility). ``revision``: a branch, created from the default branch when missing. One commit holds
     every file of ``RUN_DIR/export`` (never checkpoints or optimizer states) and the generated README.md.
-    ``endpoint``: another Hub server (default ``HF_ENDPOINT`` or huggingface.co).
+    ``endpoint``: another Hub server (default ``HF_ENDPOINT`` or huggingface.co); https, or plain http to a
+    loopback host only (`check_endpoint`), since the token goes with every request.
     """
     from huggingface_hub import CommitOperationAdd, HfApi, constants
 
@@ -748,8 +711,10 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = True, rev
     if constants.is_offline_mode():
         raise HubError("offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set): unset it to push, "
                        f"or write the card only with `mxr0 push {run_dir} --repo-id {repo_id} --card-only README.md`")
-    token = resolve_token(token)
+    what = "--endpoint" if endpoint else "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else "the Hub endpoint"
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    check_endpoint(endpoint or constants.ENDPOINT, what)  # before the token is even looked up
+    token = resolve_token(token)
     card = scrub_tokens(render_model_card(run_dir, extra_eval=extra_eval, repo_id=repo_id), [token])
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -775,5 +740,5 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = True, rev
     return out
 
 
-__all__ = ["HubError", "export_dir_of", "find_eval_outputs", "push_run", "redact_recipe", "render_model_card",
+__all__ = ["HubError", "check_endpoint", "export_dir_of", "find_eval_outputs", "push_run", "redact_recipe", "render_model_card",
            "resolve_token", "safetensors_param_count", "scrub_tokens"]

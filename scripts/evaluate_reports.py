@@ -7,6 +7,7 @@ bootstrap 95% intervals and an optional paired test. Offline; model files from l
     python scripts/evaluate_reports.py --pred a.jsonl --compare b.jsonl --ref refs.jsonl \
         --chexbert-weights weights/chexbert --radgraph-model weights/radgraph-xl.tar.gz --uncertain negative
     python scripts/evaluate_reports.py --pred preds.jsonl --ref refs.jsonl --skip-missing   # NLG only if no weights
+    python scripts/evaluate_reports.py --pred preds.jsonl --ref refs.jsonl --allow-partial  # score the common ids
 
 Same as `mxr0 eval reports ...`; `--help` lists every option.
 """

@@ -70,14 +70,14 @@ def test_every_bad_row_is_reported_with_index_and_field(tmp_path):
     msg = str(e.value)
     assert "5 of 6 study records are invalid" in msg
     for fragment in ["row 1: split='training'", "row 2: labels.Cardiomegaly=2", "row 3: boxes[0]",
-                     "row 4: study_id: 'ok' also used by row 0", "row 5: age=200", "row 5: colour: unknown field"]:
+                     "row 4: study_id: 'ok' also used by line 1, row 0", "row 5: age=200", "row 5: colour: unknown field"]:
         assert fragment in msg, fragment
 
 
 def test_broken_json_line_is_reported(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text(json.dumps(_rec("a")) + "\n{not json\n")
-    with pytest.raises(RecordError, match="row 1: line 2 is not valid JSON"):
+    with pytest.raises(RecordError, match="line 2, row 1: record: not valid JSON"):
         read_records(path)
 
 

@@ -559,6 +559,43 @@ def test_dicom_folder_by_study_uid_writes_pngs_and_no_phi(tmp_path):
         assert value not in files, value
 
 
+def test_dicom_folder_study_ids_are_salted_by_default(tmp_path, monkeypatch, caplog):
+    """Issue #16: hashed study ids of patient-derived keys get a random salt, kept beside the data
+    (mode 0600) so reruns keep the ids, overridable by --salt / $MXR0_STUDY_ID_SALT, never logged."""
+    import logging
+    import os
+    import stat
+
+    from mxr0.cli import main
+    from mxr0.data.sources.dicom_folder import SALT_FILE, hashed_study_id
+
+    monkeypatch.delenv("MXR0_STUDY_ID_SALT", raising=False)
+    table, root = make_export(tmp_path / "export")
+    uids = ["1.2.826.0.1.3680043.8.498.111", "1.2.826.0.1.3680043.8.498.222"]
+    out = tmp_path / "out"
+    with caplog.at_level(logging.DEBUG):
+        path = convert("dicom-folder", root, out, table=table, show_progress=False)
+    ids = {r["study_id"] for r in read_records(path)}
+    assert ids.isdisjoint({hashed_study_id(u) for u in uids})  # not the unsalted hash anyone can recompute
+    salt = (out / SALT_FILE).read_text().strip()
+    assert len(salt) >= 32 and stat.S_IMODE(os.stat(out / SALT_FILE).st_mode) == 0o600
+    assert ids == {hashed_study_id(u, salt) for u in uids}
+    assert salt not in caplog.text and salt not in path.read_text()
+    assert ids == {r["study_id"] for r in read_records(convert("dicom-folder", root, out, table=table,
+                                                                       show_progress=False))}  # same folder, same ids
+    other = {r["study_id"] for r in read_records(convert("dicom-folder", root, tmp_path / "o2", table=table,
+                                                                 show_progress=False))}
+    assert other.isdisjoint(ids)  # another folder, another salt
+    monkeypatch.setenv("MXR0_STUDY_ID_SALT", "env-secret")
+    got = {r["study_id"] for r in read_records(convert("dicom-folder", root, tmp_path / "o3", table=table,
+                                                               show_progress=False))}
+    assert got == {hashed_study_id(u, "env-secret") for u in uids} and not (tmp_path / "o3" / SALT_FILE).exists()
+    monkeypatch.delenv("MXR0_STUDY_ID_SALT")
+    assert main(["prepare", "dicom-folder", "--root", str(root), "--table", str(table), "--out",
+                 str(tmp_path / "o4"), "--salt", "cli-secret"]) == 0
+    assert {r["study_id"] for r in read_records(tmp_path / "o4")} == {hashed_study_id(u, "cli-secret") for u in uids}
+
+
 def test_dicom_folder_by_path_column_with_given_keys_and_sections(tmp_path):
     root = tmp_path / "export"
     make_dicom(root / "x1.dcm", "1.2.3", "PA")

@@ -109,9 +109,8 @@ def test_bad_settings_are_config_errors(phantom_small, tmp_path):
         SSLTask(load_recipe(TINY, ["model.mask_ratio=[0.5, 1.0]"]))
     with pytest.raises(ConfigError, match="unknown key"):
         load_recipe(TINY, ["model.n_local=4"])
-    task = SSLTask(load_recipe(TINY, micro_overrides(phantom_small.parent, tmp_path, **{"model.local_crop_size": 20})))
-    with pytest.raises(ConfigError, match="multiple of the patch size 8"):
-        task.build_datasets()
+    with pytest.raises(ConfigError, match="model.local_crop_size=20: must be a multiple of the patch size 8"):
+        load_recipe(TINY, micro_overrides(phantom_small.parent, tmp_path, **{"model.local_crop_size": 20}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Light training augmentations for radiographs (applied to the [0, 1] image before the model
 transform). No horizontal flips: the patient's left is on the image's right, and a flipped film
-contradicts its report's laterality."""
+contradicts its report's laterality. No rotation either: the crop keeps the image axis-aligned (boxes and
+masks of the record stay valid after a crop) and patient positioning varies little in upright films."""
 
 from __future__ import annotations
 

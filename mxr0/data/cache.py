@@ -40,9 +40,12 @@ mislabel a frontal/lateral pair, while a missing study only makes the set slight
 
 Resumable: each file is written atomically (temporary name, then rename), so a killed run leaves
 no partial file; a rerun skips the cached files that are present and valid, removes leftover
-temporary files, and writes the rest. The records and ``cache.json`` are written last. At the end
-cached files no longer referenced by the records (e.g. after a source image changed) are removed.
-One builder per folder at a time.
+temporary files, and writes the rest. The records and ``cache.json`` are written last, and
+``cache.json`` says ``"complete": true`` only after every cached file the records name has been
+verified (present, not empty; `IncompleteFolderError` otherwise); `mxr0.data.loading` refuses a
+cache folder that is not complete. At the end cached files no longer referenced by the records
+(e.g. after a source image changed) are removed. One builder per folder at a time: `build_cache`
+holds the folder's lock (``.mxr0-prepare.lock``), so a second one waits for the first, then resumes.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mxr0.data.records import read_records, write_records
+from mxr0.data.records import IncompleteFolderError, folder_lock, missing_files, read_records, write_records
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +234,12 @@ def build_cache(records_path: str | os.PathLike, out_dir: str | os.PathLike, siz
     if out.resolve() == src.parent:
         raise ValueError(f"{out}: the cache folder must not be the records' own folder; "
                          f"use e.g. {out / f'cache-{size}'}")
+    with folder_lock(out, what="mxr0 prepare cache"):
+        return _build_locked(src, out, size, bits, workers, progress, overwrite, splits)
+
+
+def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | None, progress: bool, overwrite: bool,
+                  splits: Iterable[str] | None) -> Path:
     records = read_records(src, splits=splits, resolve_paths=False)
     # The source relative to the cache, so that a data folder moved as a whole still matches.
     settings = {"version": CACHE_VERSION, "size": size, "bits": bits,
@@ -253,7 +262,7 @@ def build_cache(records_path: str | os.PathLike, out_dir: str | os.PathLike, siz
     if overwrite:
         for kind in _KINDS:
             shutil.rmtree(out / kind, ignore_errors=True)
-        for f in ("cache.json", "records.jsonl", "records.parquet"):
+        for f in ("cache.json", "records.jsonl", "records.parquet", "records.roots.json"):
             (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(meta_path, {**settings, "complete": False})
@@ -320,6 +329,11 @@ def build_cache(records_path: str | os.PathLike, out_dir: str | os.PathLike, siz
         if status == "failed":
             failures.append({"kind": kind[:-1], "path": key, "reason": reason})
 
+    missing = missing_files(kept, out)
+    if missing:
+        raise IncompleteFolderError(
+            f"{out}: {len(missing)} cached files are missing or empty after caching (e.g. {missing[0]}); the "
+            "cache is not marked complete. Run `mxr0 prepare cache` again (it resumes), or with --overwrite")
     rec_out = out / ("records.parquet" if src.suffix == ".parquet" else "records.jsonl")
     write_records(kept, rec_out)
     pruned = _prune(out, {item["path"] for r in kept for kind in _KINDS for item in r[kind]})

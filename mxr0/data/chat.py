@@ -5,11 +5,19 @@ A training example is ``[system?] user: <image>… + instruction (+ indication /
 and ``assistant: <report>``. The prompt is rendered by the tokenizer's chat template (the processor's at
 inference, identical), the answer is appended, and only the answer tokens and the end-of-turn marker are
 labelled, so the loss never trains the model to predict prompts or image placeholders.
+
+The end-of-turn token is read from the tokenizer, in one place (`end_of_turn_token`): the special token its
+chat template writes after an assistant message (``<|end|>`` for the tiny tokenizers, ``<|im_end|>`` for
+Qwen2, ``<|eot_id|>`` for Llama 3), else its eos. Training ends answers with it (`answer_terminator_ids`),
+generation stops at it (`stop_token_ids`), and `visible_special_tokens` / `mxr0.generate.clean_generation`
+drop the special tokens from generated text except the box tokens of grounding answers.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -58,6 +66,85 @@ def train_chat_tokenizer(texts: Iterable[str], vocab_size: int = 2000, model_max
     return fast
 
 
+_ANSWER_SENTINEL = "MXR0ANSWERSENTINEL"
+_END_OF_TURN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+BOX_TOKEN = re.compile(r"</?(?:box|obj)>|<[xy]\d+>")
+"""The box tokens of the ``tokens`` box format (`mxr0.data.boxes_text`): special tokens kept in generated text."""
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    """Every special token id: bos / eos / pad / unk / additional specials and added tokens marked special
+    (in transformers 5 ``all_special_ids`` leaves the additional special tokens out)."""
+    ids = {int(i) for i in tokenizer.all_special_ids if i is not None}
+    ids |= {int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    return ids
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The token that closes an assistant turn: the first special token the tokenizer's chat template writes
+    after an assistant message's content, else (no template, or one that writes none) the eos token.
+
+    The one place mxr0 decides it: training answers end with it (`answer_terminator_ids`), generation stops at
+    it (`stop_token_ids`). Cached per tokenizer and chat template."""
+    template = getattr(tokenizer, "chat_template", None)
+    cached = _END_OF_TURN_CACHE.get(tokenizer)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    token = tokenizer.eos_token
+    if template:
+        messages = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": _ANSWER_SENTINEL}]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # a template that rejects this conversation: fall back to eos
+            text = ""
+        if isinstance(text, str) and _ANSWER_SENTINEL in text:
+            tail = text.split(_ANSWER_SENTINEL, 1)[1]
+            special = special_token_ids(tokenizer)
+            ids = tokenizer(tail, add_special_tokens=False, verbose=False)["input_ids"]
+            found = next((i for i in ids if i in special), None)
+            if found is not None:
+                token = tokenizer.convert_ids_to_tokens(found)
+    try:
+        _END_OF_TURN_CACHE[tokenizer] = (template, token)
+    except TypeError:  # not weak-referenceable
+        pass
+    return token
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    token = end_of_turn_token(tokenizer)
+    return None if token is None else int(tokenizer.convert_tokens_to_ids(token))
+
+
+def answer_terminator_ids(tokenizer) -> list[int]:
+    """The labelled ids after an answer: the end-of-turn token, then the eos when it is another token and the
+    tokenizer frames sequences with a bos (``<s> … <|end|></s>``: mxr0's tiny tokenizers, as `encode_example`
+    prepends the bos); a tokenizer without a bos (Qwen2) ends at the end-of-turn, as its chat template does."""
+    ids = [i for i in (end_of_turn_id(tokenizer),) if i is not None]
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos not in ids and (not ids or tokenizer.bos_token_id is not None):
+        ids.append(int(eos))
+    return ids
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Generation stops at any of: the tokenizer's eos, its end-of-turn token, and the ``eos_token_id``(s) of
+    the model's generation config (e.g. a Hub LLM's ``[<|im_end|>, <|endoftext|>]``)."""
+    ids: list[int] = []
+    cfg_eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    cfg_eos = cfg_eos if isinstance(cfg_eos, (list, tuple)) else [cfg_eos]
+    for i in [tokenizer.eos_token_id, end_of_turn_id(tokenizer), *cfg_eos]:
+        if isinstance(i, int) and i not in ids and i != tokenizer.unk_token_id:
+            ids.append(int(i))
+    return ids
+
+
+def visible_special_tokens(tokenizer) -> set[str]:
+    """The special tokens that stay in generated text: the box tokens (``<box>``, ``<x12>``, …)."""
+    return {t for t in tokenizer.convert_ids_to_tokens(sorted(special_token_ids(tokenizer)))
+            if isinstance(t, str) and BOX_TOKEN.fullmatch(t)}
+
+
 def ensure_image_token(tokenizer) -> int:
     """The id of ``<image>``, added as a special token when the tokenizer lacks it (Hub LLMs)."""
     ids = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -103,8 +190,7 @@ def encode_example(tokenizer, messages: list[dict], answer: str | None, n_image_
         ids = [tokenizer.bos_token_id] + ids
     if answer is None:
         return ids, [-100] * len(ids)
-    end = "<|end|>" if "<|end|>" in tokenizer.get_vocab() else ""
-    ans = tokenizer(answer.strip() + end, add_special_tokens=False, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+    ans = tokenizer(answer.strip(), add_special_tokens=False, verbose=False)["input_ids"] + answer_terminator_ids(tokenizer)
     if max_length is not None and len(ids) + len(ans) > max_length:
         keep = max_length - len(ids)
         if keep < 8:

@@ -1,7 +1,11 @@
-"""From a recipe's ``data`` section to filtered study records (drawing the phantom set when asked)."""
+"""From a recipe's ``data`` section to filtered study records (drawing the phantom set when asked).
+
+``data.path`` and each ``data.extra_paths`` entry are read with their own declared image roots
+(``records.roots.json``, see `mxr0.data.records`); a prepared folder not marked complete is refused."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -32,7 +36,28 @@ def ensure_data(cfg: DataConfig) -> Path:
             f"data.path={cfg.path!r} does not exist. Create records with `mxr0 prepare <source>` "
             "or use data.source=phantom for the embedded phantom set"
         )
+    _refuse_incomplete(path, "data.path")
     return path
+
+
+def _refuse_incomplete(path: Path, field: str) -> None:
+    """A prepared folder that its writer did not mark complete (an interrupted or concurrent
+    `mxr0 prepare`) is never used: ConfigError naming the folder and how to finish it."""
+    folder = path if path.is_dir() else path.parent
+    if (folder / ".phantom-incomplete").exists():
+        raise ConfigError(f"{field}={str(path)!r}: the phantom folder {folder} was not finished (an interrupted or "
+                          "concurrent `mxr0 prepare phantom`); run `mxr0 prepare phantom --out "
+                          f"{folder} --overwrite` or use data.source=phantom")
+    meta = folder / "cache.json"
+    if meta.exists():
+        try:
+            complete = json.loads(meta.read_text(encoding="utf-8")).get("complete") is True
+        except (OSError, ValueError, AttributeError):
+            complete = False
+        if not complete:
+            raise ConfigError(f"{field}={str(path)!r}: the image cache {folder} is not complete (cache.json does not "
+                              "say complete: true; an interrupted or running `mxr0 prepare cache`). Run `mxr0 prepare "
+                              "cache` for it again (it resumes) and wait for it to finish")
 
 
 def load_split(cfg: DataConfig, split: str, limit: int | None = None) -> list[dict]:
@@ -42,6 +67,7 @@ def load_split(cfg: DataConfig, split: str, limit: int | None = None) -> list[di
     for extra in cfg.extra_paths:
         if not Path(extra).exists():
             raise ConfigError(f"data.extra_paths: {extra!r} does not exist (create it with `mxr0 prepare <source>`)")
+        _refuse_incomplete(Path(extra), "data.extra_paths")
         more = read_records(extra, splits=[split])
         clash = [r["study_id"] for r in more if r["study_id"] in seen]
         if clash:

@@ -53,6 +53,7 @@ the same arguments give byte-identical records and PNGs whatever the number of w
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -65,7 +66,20 @@ from typing import Any
 import numpy as np
 
 from mxr0.data import _draw as D
-from mxr0.data.records import CHEXPERT_LABELS, empty_record, read_records, write_records
+from mxr0.data.records import (
+    CHEXPERT_LABELS,
+    LOCK_NAME,
+    IncompleteFolderError,
+    RecordError,
+    RootsError,
+    empty_record,
+    folder_lock,
+    missing_files,
+    read_records,
+    write_records,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PHANTOM_VERSION",
@@ -1707,12 +1721,12 @@ def _meta(n_studies: int, image_size: int, seed: int, mix: dict, fractions: Sequ
             "lateral_fraction": float(lateral_fraction)}
 
 
-_OWN_NAMES = {"images", "masks", "records.jsonl", "phantom.json", ".phantom-incomplete"}
+_OWN_NAMES = {"images", "masks", "records.jsonl", "records.roots.json", "phantom.json", ".phantom-incomplete", LOCK_NAME}
 
 
 def _is_phantom_dir(out: Path) -> bool:
     """True when ``out`` holds nothing but what `generate_phantom` writes (or is empty)."""
-    return all(p.name in _OWN_NAMES or p.name.startswith((".records.jsonl.tmp", ".phantom.json.tmp"))
+    return all(p.name in _OWN_NAMES or p.name.startswith((".records.jsonl.tmp", ".phantom.json.tmp", ".records.roots.json.tmp"))
                for p in out.iterdir())
 
 
@@ -1727,8 +1741,11 @@ def generate_phantom(out_dir: str | os.PathLike, n_studies: int = 2000, image_si
     frontals, named by the PATIENT's side, so ``left_lung`` lies in the image's right half; ``bones``
     on the others), ``records.jsonl`` (canonical records, paths relative to ``out_dir``) and last
     ``phantom.json`` (the arguments and `PHANTOM_VERSION`). When ``phantom.json`` already matches
-    the arguments and ``overwrite`` is false, nothing is drawn and the existing records are reused;
-    an interrupted run leaves no ``phantom.json`` and is redrawn.
+    the arguments, ``overwrite`` is false and every image and mask file it names exists and is not
+    empty, nothing is drawn and the existing records are reused; an interrupted or damaged folder
+    is drawn again. ``phantom.json`` is written only after every file has been verified
+    (`IncompleteFolderError` otherwise). One writer at a time: the folder's lock
+    (`mxr0.data.records.folder_lock`) makes a concurrent call wait, then reuse the finished folder.
 
     ``anatomy_mix`` maps anatomies of `PHANTOM_ANATOMIES` to weights (default
     `DEFAULT_ANATOMY_MIX`: 60 % chest); quotas are exact and each anatomy is split train /
@@ -1748,13 +1765,43 @@ def generate_phantom(out_dir: str | os.PathLike, n_studies: int = 2000, image_si
     mix = _normalise_mix(anatomy_mix)
     fr = [f / sum(split_fractions) for f in split_fractions]
     meta = _meta(n_studies, image_size, seed, mix, [round(f, 6) for f in fr], lateral_fraction)
+    if out.exists() and not overwrite and not (out / "phantom.json").exists() and not _is_phantom_dir(out):
+        raise FileExistsError(f"{out} holds files that generate_phantom did not write; "
+                              "choose another folder or pass overwrite=True")
+    with folder_lock(out, what="mxr0 prepare phantom"):
+        return _generate_locked(out, meta, n_studies, image_size, seed, mix, fr, lateral_fraction, workers,
+                                progress, overwrite)
+
+
+def _incomplete(out: Path, rec_path: Path, n_studies: int) -> str | None:
+    """Why the finished-looking phantom folder ``out`` cannot be reused (None when it can)."""
+    if (out / ".phantom-incomplete").exists():
+        return "an earlier run did not finish"
+    try:
+        records = read_records(rec_path, resolve_paths=False)
+    except (RecordError, RootsError, OSError) as e:
+        return f"its records cannot be read ({type(e).__name__})"
+    if len(records) != n_studies:
+        return f"it holds {len(records)} studies, not {n_studies}"
+    missing = missing_files(records, out)
+    if missing:
+        return f"{len(missing)} of its image / mask files are missing or empty (e.g. {missing[0]})"
+    return None
+
+
+def _generate_locked(out: Path, meta: dict, n_studies: int, image_size: int, seed: int, mix: dict, fr: list,
+                     lateral_fraction: float, workers: int | None, progress: bool, overwrite: bool) -> Path:
     meta_path, rec_path = out / "phantom.json", out / "records.jsonl"
     if not overwrite and meta_path.exists() and rec_path.exists():
         try:
-            if json.loads(meta_path.read_text()) == meta:
-                return rec_path
+            same = json.loads(meta_path.read_text()) == meta
         except (OSError, json.JSONDecodeError):
-            pass
+            same = False
+        if same:
+            problem = _incomplete(out, rec_path, n_studies)
+            if problem is None:
+                return rec_path
+            log.warning("%s: %s; drawing it again", out, problem)
     if out.exists() and not overwrite and not _is_phantom_dir(out):
         raise FileExistsError(f"{out} holds files that generate_phantom did not write; "
                               "choose another folder or pass overwrite=True")
@@ -1787,6 +1834,12 @@ def generate_phantom(out_dir: str | os.PathLike, n_studies: int = 2000, image_si
     finally:
         bar.close()
     write_records(records, rec_path)
+    missing = missing_files(records, out)
+    if missing:
+        raise IncompleteFolderError(
+            f"{out}: {len(missing)} image / mask files of the {n_studies} phantom studies are missing or empty "
+            f"after drawing (e.g. {missing[0]}); the folder is not marked complete. Another program may have "
+            "changed it: run again with --overwrite (overwrite=True)")
     tmp = out / f".phantom.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, meta_path)

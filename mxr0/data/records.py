@@ -22,16 +22,29 @@ Fields (see ``FEATURES`` for the exact `datasets` schema):
 - ``qa``: list of ``{question, answer, answer_type, question_type, options}``; ``answer_type`` is
   ``closed`` (yes/no or multiple choice, ``options`` lists the choices) or ``open``.
 - ``sex`` (``M`` / ``F`` / ``""``), ``age`` (years, float or None).
+
+Image roots: image and mask paths may leave the records folder (``../../data/mimic-cxr-jpg/…``) only
+into folders the records file declares in its sidecar ``<stem>.roots.json`` (``{"roots": [...]}``,
+written by `write_records` / `declare_roots`; the records folder itself is always allowed). A path
+that resolves (symlinks followed) outside every root, holds a NUL byte or names a folder, FIFO or
+device is refused at validation with its file, line / row and field. A records file without a
+sidecar (prepared before roots existed) may point into its own folder only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import stat
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "Enlarged Cardiomediastinum",
@@ -124,20 +137,34 @@ def features():
 
 
 class RecordError(ValueError):
-    """Raised when records fail validation; lists every bad row with its index and field."""
+    """Raised when records fail validation; lists every bad row (file, line / row and field), up to
+    ``MAX_REPORTED_ROWS`` rows, each with all its problems."""
 
     def __init__(self, source: str, problems: list[str], n_bad_rows: int, n_rows: int):
         self.source = source
         self.problems = problems
         self.n_bad_rows = n_bad_rows
-        shown = problems[:50]
-        more = f"\n  … and {len(problems) - len(shown)} more problems" if len(problems) > len(shown) else ""
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        more = ""
+        if n_bad_rows > MAX_REPORTED_ROWS:
+            more = f"\n  … and {n_bad_rows - MAX_REPORTED_ROWS} more bad rows (the first {MAX_REPORTED_ROWS} are listed)"
+        elif len(problems) > len(shown):
+            more = f"\n  … and {len(problems) - len(shown)} more problems"
         super().__init__(
             f"{source}: {n_bad_rows} of {n_rows} study records are invalid:\n  "
             + "\n  ".join(shown)
             + more
             + "\nFix the rows above (the record format is documented in mxr0/data/records.py)."
         )
+
+
+class RootsError(ValueError):
+    """A ``*.roots.json`` sidecar is unreadable or malformed."""
+
+
+#: At most this many bad rows are listed in a `RecordError` (all their problems each); the count is exact.
+MAX_REPORTED_ROWS = 200
+MAX_REPORTED_PROBLEMS = 2000
 
 
 def empty_record(study_id: str, split: str = "train", source: str = "", anatomy: str = "chest") -> dict:
@@ -159,29 +186,64 @@ def empty_record(study_id: str, split: str = "train", source: str = "", anatomy:
 
 
 def _check_choice(errs: list[str], field: str, value: Any, choices: Iterable) -> None:
-    if value not in choices:
-        errs.append(f"{field}={value!r} is not one of {sorted(c for c in choices if c is not None)}")
+    if isinstance(value, (list, dict)) or value not in choices:
+        errs.append(f"{field}={_short(value)} is not one of {sorted(c for c in choices if c is not None)}")
 
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(v: Any, n: int = 60) -> str:
+    """``repr(v)`` cut to ``n`` characters (errors never echo a whole report or a long value)."""
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 1] + "…"
+
+
+def _path_problem(field: str, p: Any) -> str | None:
+    if not isinstance(p, str):
+        return f"{field}: expected a path string, got {type(p).__name__}"
+    if not p:
+        return f"{field}: empty path"
+    if "\x00" in p:
+        return f"{field}: {_short(p)} contains a NUL byte; no file system path can hold one"
+    return None
+
+
+def _list_field(errs: list[str], rec: dict, key: str) -> list:
+    v = rec.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        errs.append(f"{key}: expected a list, got {type(v).__name__}")
+        return []
+    return v
+
+
 def validate_record(rec: Any) -> list[str]:
-    """Every problem of one record as ``"field: message"`` strings (empty when valid)."""
+    """Every problem of one record as ``"field: message"`` strings (empty when valid).
+
+    Checks fields and types only; where paths point is checked by `validate_records` with the
+    records file's declared roots."""
     if not isinstance(rec, dict):
-        return [f"record is a {type(rec).__name__}, expected an object"]
+        return [f"record: is a {type(rec).__name__}, expected a JSON object"]
     errs: list[str] = []
     known = set(empty_record("x"))
     for key in rec:
         if key not in known:
-            errs.append(f"{key}: unknown field (valid: {sorted(known)})")
+            errs.append(f"{key if isinstance(key, str) and len(key) <= 40 else _short(key, 40)}: unknown field (valid: {sorted(known)})")
     for key in ("study_id", "split", "anatomy", "images"):
         if key not in rec:
             errs.append(f"{key}: missing")
     sid = rec.get("study_id")
     if "study_id" in rec and (not isinstance(sid, str) or not sid):
-        errs.append(f"study_id: {sid!r} must be a non-empty string")
+        errs.append(f"study_id: {_short(sid)} must be a non-empty string")
+    elif isinstance(sid, str) and "\x00" in sid:
+        errs.append(f"study_id: {_short(sid)} contains a NUL byte")
     if "split" in rec:
         _check_choice(errs, "split", rec["split"], SPLITS)
     if "anatomy" in rec:
@@ -189,52 +251,78 @@ def validate_record(rec: Any) -> list[str]:
     for s in REPORT_SECTIONS + ("source",):
         if s in rec and not isinstance(rec[s], str):
             errs.append(f"{s}: expected a string, got {type(rec[s]).__name__}")
-    images = rec.get("images", [])
-    if not isinstance(images, list):
-        errs.append("images: expected a list")
-        images = []
+    images = _list_field(errs, rec, "images")
     for i, im in enumerate(images):
-        if not isinstance(im, dict) or not isinstance(im.get("path"), str) or not im.get("path"):
-            errs.append(f"images[{i}].path: missing or not a string")
+        if not isinstance(im, dict):
+            errs.append(f"images[{i}]: expected an object with a path, got {type(im).__name__}")
             continue
+        bad = _path_problem(f"images[{i}].path", im.get("path"))
+        if bad:
+            errs.append(bad)
         _check_choice(errs, f"images[{i}].view", im.get("view", ""), VIEWS)
         _check_choice(errs, f"images[{i}].role", im.get("role", "current"), IMAGE_ROLES)
     labels = rec.get("labels", {})
+    if labels is None:
+        labels = {}
     if not isinstance(labels, dict):
-        errs.append("labels: expected an object keyed by CheXpert observation")
+        errs.append(f"labels: expected an object keyed by CheXpert observation, got {type(labels).__name__}")
     else:
         for name, v in labels.items():
             if name not in CHEXPERT_LABELS:
-                errs.append(f"labels.{name}: unknown observation (valid: {list(CHEXPERT_LABELS)})")
-            elif v not in LABEL_VALUES or isinstance(v, bool):
-                errs.append(f"labels.{name}={v!r}: expected 1, 0, -1 or null")
-    for i, b in enumerate(rec.get("boxes", []) or []):
-        coords = [b.get(k) for k in ("x0", "y0", "x1", "y1")] if isinstance(b, dict) else [None]
+                errs.append(f"labels.{name if isinstance(name, str) and len(name) <= 40 else _short(name, 40)}: unknown observation (valid: {list(CHEXPERT_LABELS)})")
+            elif isinstance(v, (bool, list, dict)) or v not in LABEL_VALUES:
+                errs.append(f"labels.{name}={_short(v)}: expected 1, 0, -1 or null")
+    for i, b in enumerate(_list_field(errs, rec, "boxes")):
+        if not isinstance(b, dict):
+            errs.append(f"boxes[{i}]: expected an object, got {type(b).__name__}")
+            continue
+        for k in ("phrase", "label"):
+            if k in b and not isinstance(b[k], str):
+                errs.append(f"boxes[{i}].{k}: expected a string, got {type(b[k]).__name__}")
+        coords = [b.get(k) for k in ("x0", "y0", "x1", "y1")]
         if not all(_is_num(c) for c in coords):
-            errs.append(f"boxes[{i}]: x0, y0, x1, y1 must be finite numbers, got {coords}")
-            continue
-        x0, y0, x1, y1 = coords
-        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-            errs.append(f"boxes[{i}]: ({x0}, {y0}, {x1}, {y1}) must satisfy 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
+            errs.append(f"boxes[{i}]: x0, y0, x1, y1 must be finite numbers, got {_short(coords, 120)}")
+        else:
+            x0, y0, x1, y1 = coords
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                errs.append(f"boxes[{i}]: ({x0}, {y0}, {x1}, {y1}) must satisfy 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
         idx = b.get("image_index", 0)
-        if not isinstance(idx, int) or not 0 <= idx < max(len(images), 1):
-            errs.append(f"boxes[{i}].image_index={idx!r} does not name one of the {len(images)} images")
-    for i, m in enumerate(rec.get("masks", []) or []):
-        if not isinstance(m, dict) or not m.get("path") or not m.get("name"):
-            errs.append(f"masks[{i}]: needs a name and a path")
-    for i, q in enumerate(rec.get("qa", []) or []):
-        if not isinstance(q, dict) or not isinstance(q.get("question"), str) or not isinstance(q.get("answer"), str):
-            errs.append(f"qa[{i}]: needs a question and an answer string")
+        if not _is_int(idx) or not 0 <= idx < max(len(images), 1):
+            errs.append(f"boxes[{i}].image_index={_short(idx)} does not name one of the {len(images)} images")
+    for i, m in enumerate(_list_field(errs, rec, "masks")):
+        if not isinstance(m, dict):
+            errs.append(f"masks[{i}]: expected an object with a name and a path, got {type(m).__name__}")
             continue
+        if not isinstance(m.get("name"), str) or not m.get("name"):
+            errs.append(f"masks[{i}].name: needs a non-empty string")
+        bad = _path_problem(f"masks[{i}].path", m.get("path"))
+        if bad:
+            errs.append(bad)
+        idx = m.get("image_index", 0)
+        if not _is_int(idx) or not 0 <= idx < max(len(images), 1):
+            errs.append(f"masks[{i}].image_index={_short(idx)} does not name one of the {len(images)} images")
+    for i, q in enumerate(_list_field(errs, rec, "qa")):
+        if not isinstance(q, dict):
+            errs.append(f"qa[{i}]: expected an object with a question and an answer, got {type(q).__name__}")
+            continue
+        for k in ("question", "answer"):
+            if not isinstance(q.get(k), str):
+                errs.append(f"qa[{i}].{k}: needs a string, got {type(q.get(k)).__name__}")
+        if "question_type" in q and not isinstance(q["question_type"], str):
+            errs.append(f"qa[{i}].question_type: expected a string, got {type(q['question_type']).__name__}")
         _check_choice(errs, f"qa[{i}].answer_type", q.get("answer_type", "open"), ANSWER_TYPES)
-        opts = q.get("options") or []
-        if opts and q["answer"] not in opts:
-            errs.append(f"qa[{i}]: answer {q['answer']!r} is not among its options {opts}")
+        opts = q.get("options")
+        if opts is None:
+            opts = []
+        if not isinstance(opts, list) or not all(isinstance(o, str) for o in opts):
+            errs.append(f"qa[{i}].options: expected a list of strings, got {_short(opts)}")
+        elif opts and isinstance(q.get("answer"), str) and q["answer"] not in opts:
+            errs.append(f"qa[{i}].answer: {_short(q['answer'])} is not among its options {_short(opts, 120)}")
     if "sex" in rec:
         _check_choice(errs, "sex", rec["sex"], SEXES)
     age = rec.get("age")
     if age is not None and (not _is_num(age) or not 0 <= age < 130):
-        errs.append(f"age={age!r}: expected years in [0, 130) or null")
+        errs.append(f"age={_short(age)}: expected years in [0, 130) or null")
     return errs
 
 
@@ -261,43 +349,216 @@ def normalise_record(rec: dict) -> dict:
     return out
 
 
-def validate_records(records: Iterable[dict], source: str = "records") -> list[dict]:
+class _Resolver:
+    """Symlink-resolving ``realpath`` with a cache of folders (one ``lstat`` per new folder or file)."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, str] = {}
+
+    def real(self, path: str) -> str:
+        hit = self._dirs.get(path)
+        if hit is not None:
+            return hit
+        parent, name = os.path.split(path)
+        if parent == path:  # the file system root
+            out = path
+        elif name in ("", "."):
+            out = self.real(parent)
+        elif name == "..":
+            out = os.path.dirname(self.real(parent))
+        else:
+            out = os.path.join(self.real(parent), name)
+            if os.path.islink(out):
+                out = os.path.realpath(out)
+        self._dirs[path] = out
+        return out
+
+    def real_file(self, path: str) -> str:
+        """Like `real`, without caching the last component (folders are cached, files are not)."""
+        parent, name = os.path.split(path)
+        if name in ("", ".", "..") or parent == path:
+            return self.real(path)
+        out = os.path.join(self.real(parent), name)
+        return os.path.realpath(out) if os.path.islink(out) else out
+
+
+def roots_file(records_file: str | os.PathLike) -> Path:
+    """The sidecar that declares the image roots of ``records_file``: ``records.jsonl`` →
+    ``records.roots.json`` (JSON ``{"roots": [...]}``, folders relative to the records folder or absolute)."""
+    p = Path(records_file)
+    return p.with_name(f"{p.stem}.roots.json")
+
+
+def _roots_text(folder: Path, roots: Iterable[str | os.PathLike]) -> list[str]:
+    out = []
+    for r in roots:
+        r = os.fspath(r)
+        if "\x00" in r:
+            raise ValueError(f"image root {r!r} contains a NUL byte")
+        try:
+            rel = os.path.relpath(os.path.abspath(r), os.path.abspath(folder))
+        except ValueError:  # another drive
+            rel = os.path.abspath(r)
+        if rel not in out:
+            out.append(rel)
+    return out
+
+
+def declare_roots(records_file: str | os.PathLike, roots: Iterable[str | os.PathLike]) -> Path:
+    """Declare the folders the image and mask paths of ``records_file`` may point into (beside the
+    records folder itself, always allowed); writes ``roots_file(records_file)`` atomically.
+
+    Converters call it through `write_records`; for a folder prepared before roots existed, run e.g.
+    ``python -c "from mxr0.data.records import declare_roots; declare_roots('data_cache/ms-cxr/records.jsonl',
+    ['/data/mimic-cxr-jpg'])"``."""
+    path = Path(records_file)
+    text = _roots_text(path.parent, roots)
+    side = roots_file(path)
+    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"version": 1, "roots": text}, indent=2) + "\n")
+    os.replace(tmp, side)
+    return side
+
+
+_WARNED_UNDECLARED: set[str] = set()
+
+
+def read_roots(records_file: str | os.PathLike) -> list[Path]:
+    """The absolute image roots of ``records_file``: its folder plus those its sidecar declares.
+
+    A records file without a sidecar (prepared before roots were declared) gets its own folder only,
+    and a one-time message says how to declare others."""
+    path = Path(records_file)
+    folder = path.parent.absolute()
+    side = roots_file(path)
+    roots = [folder]
+    if not side.exists():
+        if str(side) not in _WARNED_UNDECLARED:
+            _WARNED_UNDECLARED.add(str(side))
+            log.info("%s declares no image roots (no %s beside it): image and mask paths must stay inside %s. "
+                     "If they point elsewhere, prepare the folder again with `mxr0 prepare`, or declare the "
+                     "folders with mxr0.data.records.declare_roots(%r, [FOLDER, ...])", path, side.name, folder,
+                     str(path))
+        return roots
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+        listed = data["roots"]
+        if not isinstance(listed, list) or not all(isinstance(r, str) and r and "\x00" not in r for r in listed):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RootsError(f"{side}: field roots: expected a JSON object {{\"roots\": [folder, ...]}} of non-empty "
+                         "folder strings; write it with mxr0.data.records.declare_roots") from None
+    roots += [Path(os.path.normpath(folder / r)) for r in listed]
+    return roots
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+class _PathChecker:
+    """Checks that image / mask paths resolve inside the declared roots and name regular files
+    (or nothing yet: a missing file is the training loop's unreadable sample, not a record error)."""
+
+    def __init__(self, base: Path, roots: list[Path], side_name: str, check_files: bool):
+        self.base, self.side_name, self.check_files = base.absolute(), side_name, check_files
+        self.res = _Resolver()
+        self.roots = [self.res.real(str(Path(r).absolute())) for r in roots]
+        self.shown = ", ".join(str(r) for r in roots)
+
+    def problem(self, field: str, p: str) -> str | None:
+        full = p if os.path.isabs(p) else os.path.join(self.base, p)
+        real = self.res.real_file(full)
+        if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots):
+            return (f"{field}: {_short(p)} resolves outside the declared image roots ({self.shown}); fix the path, "
+                    f"or if that folder is meant, declare it in {self.side_name} (mxr0.data.records.declare_roots)")
+        if self.check_files:
+            try:
+                mode = os.stat(real).st_mode
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                return f"{field}: {_short(p)} cannot be checked ({type(e).__name__})"
+            if not stat.S_ISREG(mode):
+                kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a regular file")
+                return f"{field}: {_short(p)} is {kind}, not an image file"
+        return None
+
+
+def validate_records(records: Iterable[Any], source: str = "records", *, base: str | os.PathLike | None = None,
+                     roots: list[Path] | None = None, lines: list[int] | None = None,
+                     check_files: bool = True) -> list[dict]:
     """Validate all records (duplicate study ids included) and return them normalised.
 
-    Raises `RecordError` listing every problem of every bad row, not only the first.
+    With ``base`` (the records folder), image and mask paths must resolve (symlinks followed) inside
+    ``roots`` (default: ``base`` only) and, when ``check_files`` and present, be regular files.
+    ``lines`` gives the file line of each row for the messages. Raises `RecordError` listing every
+    bad row (up to ``MAX_REPORTED_ROWS``) with all its problems, not only the first.
     """
+    checker = None
+    if base is not None:
+        base = Path(base)
+        side = roots_file(Path(source)).name if source.endswith((".jsonl", ".json", ".parquet")) else "records.roots.json"
+        checker = _PathChecker(base, list(roots) if roots is not None else [base], side, check_files)
     problems: list[str] = []
     bad_rows = 0
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     out = []
     n = 0
     for i, rec in enumerate(records):
         n += 1
-        errs = validate_record(rec)
-        if not errs:
-            sid = rec["study_id"]
-            if sid in seen:
-                errs.append(f"study_id: {sid!r} also used by row {seen[sid]}")
-            seen.setdefault(sid, i)
+        where = f"line {lines[i]}, row {i}" if lines is not None else f"row {i}"
+        if isinstance(rec, _BadLine):
+            errs = [str(rec)]
+        else:
+            try:
+                errs = validate_record(rec)
+            except Exception as e:  # a shape validate_record did not foresee: still report the row
+                errs = [f"record: cannot be checked ({type(e).__name__})"]
+            if checker is not None and isinstance(rec, dict):
+                for kind in ("images", "masks"):
+                    items = rec.get(kind)
+                    for j, item in enumerate(items if isinstance(items, list) else []):
+                        p = item.get("path") if isinstance(item, dict) else None
+                        if _path_problem("", p) is None:
+                            bad = checker.problem(f"{kind}[{j}].path", p)
+                            if bad:
+                                errs.append(bad)
+            sid = rec.get("study_id") if isinstance(rec, dict) else None
+            if isinstance(sid, str) and sid:
+                if sid in seen:
+                    errs.append(f"study_id: {_short(sid)} also used by {seen[sid]}")
+                seen.setdefault(sid, where)
         if errs:
             bad_rows += 1
-            problems.extend(f"row {i}: {e}" for e in errs)
+            if bad_rows <= MAX_REPORTED_ROWS:
+                problems.extend(f"{where}: {e}" for e in errs)
         else:
             out.append(normalise_record(rec))
-    if problems:
+    if bad_rows:
         raise RecordError(source, problems, bad_rows, n)
     return out
 
 
-def _iter_jsonl(path: Path) -> Iterator[Any]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of each non-blank line; a line that is not UTF-8 or not JSON becomes
+    a `_BadLine` (the message never quotes the line's bytes)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, _BadLine(f"record: the line is not UTF-8 text (invalid byte at column {e.start + 1}); "
+                                       "save the records file as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                yield _BadLine(f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})")
+                yield lineno, _BadLine(f"record: not valid JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                yield lineno, _BadLine("record: JSON nested too deeply")
 
 
 class _BadLine(str):
@@ -308,8 +569,10 @@ def read_records(path: str | os.PathLike, splits: Iterable[str] | None = None, r
     """Load and validate records from a ``.jsonl`` or ``.parquet`` file (or a folder holding
     ``records.jsonl`` / ``records.parquet``).
 
-    Image and mask paths are resolved against the file's folder when ``resolve_paths``.
-    ``splits`` keeps only those splits (after validating every row).
+    Image and mask paths must resolve inside the file's folder or a root its ``*.roots.json``
+    sidecar declares (see `declare_roots`), and name regular files when present. They are resolved
+    against the file's folder when ``resolve_paths``. ``splits`` keeps only those splits (after
+    validating every row).
     """
     path = Path(path)
     if path.is_dir():
@@ -322,18 +585,18 @@ def read_records(path: str | os.PathLike, splits: Iterable[str] | None = None, r
                                     "create one with `mxr0 prepare <source>`")
     if not path.exists():
         raise FileNotFoundError(f"{path}: records file not found; create one with `mxr0 prepare <source>`")
+    lines: list[int] | None = None
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         raw: list[Any] = pq.read_table(path).to_pylist()
     elif path.suffix in (".jsonl", ".json"):
-        raw = list(_iter_jsonl(path))
+        pairs = list(_iter_jsonl(path))
+        lines = [n for n, _ in pairs]
+        raw = [r for _, r in pairs]
     else:
         raise ValueError(f"{path}: unsupported records file (expected .jsonl or .parquet)")
-    problems = [f"row {i}: {r}" for i, r in enumerate(raw) if isinstance(r, _BadLine)]
-    if problems:
-        raise RecordError(str(path), problems, len(problems), len(raw))
-    records = validate_records(raw, source=str(path))
+    records = validate_records(raw, source=str(path), base=path.parent, roots=read_roots(path), lines=lines)
     if splits is not None:
         keep = set(splits)
         unknown = keep - set(SPLITS)
@@ -349,11 +612,18 @@ def read_records(path: str | os.PathLike, splits: Iterable[str] | None = None, r
     return records
 
 
-def write_records(records: Iterable[dict], path: str | os.PathLike) -> Path:
-    """Validate and write records atomically as JSONL or Parquet (by the file's suffix)."""
+def write_records(records: Iterable[dict], path: str | os.PathLike,
+                  roots: Iterable[str | os.PathLike] | None = None) -> Path:
+    """Validate and write records atomically as JSONL or Parquet (by the file's suffix), with the
+    sidecar ``roots_file(path)`` declaring ``roots``: the folders besides the records folder that
+    image and mask paths may point into (a converter passes the dataset folders it read). A path
+    outside them is a `RecordError`."""
     path = Path(path)
-    records = validate_records(records, source=str(path))
+    extra = [Path(r) for r in (roots or [])]
+    records = validate_records(records, source=str(path), base=path.parent, roots=[path.parent, *extra],
+                               check_files=False)
     path.parent.mkdir(parents=True, exist_ok=True)
+    declare_roots(path, extra)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if path.suffix == ".parquet":
         from datasets import Dataset
@@ -367,6 +637,69 @@ def write_records(records: Iterable[dict], path: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# prepared folders: one writer at a time, complete only when verified
+# ---------------------------------------------------------------------------------------------
+LOCK_NAME = ".mxr0-prepare.lock"
+#: Seconds a second `mxr0 prepare` into the same folder waits for the first (env ``MXR0_PREPARE_LOCK_TIMEOUT``).
+DEFAULT_LOCK_TIMEOUT = 3600.0
+
+
+class FolderBusyError(TimeoutError):
+    """Another process kept writing the folder for longer than the lock timeout."""
+
+
+class IncompleteFolderError(RuntimeError):
+    """A prepared folder lacks files its records name (it is never marked complete nor reused)."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "mxr0 prepare", timeout: float | None = None):
+    """Hold ``folder/.mxr0-prepare.lock`` (an OS file lock, released when the process ends, even
+    killed). A second writer prints that it waits, waits up to ``timeout`` seconds (default
+    ``MXR0_PREPARE_LOCK_TIMEOUT`` or `DEFAULT_LOCK_TIMEOUT`), then raises `FolderBusyError`."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if timeout is None:
+        timeout = float(os.environ.get("MXR0_PREPARE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+    lock = FileLock(str(folder / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("%s: %s is being written by another process (lock %s); waiting up to %.0f s for it to finish",
+                    what, folder, folder / LOCK_NAME, timeout)
+        t0 = time.monotonic()
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise FolderBusyError(
+                f"{what}: {folder} is still being written by another process after {timeout:.0f} s (lock "
+                f"{folder / LOCK_NAME}). Wait for it to finish, write to another folder, or raise "
+                "MXR0_PREPARE_LOCK_TIMEOUT") from None
+        log.warning("%s: %s is free after %.0f s; going on", what, folder, time.monotonic() - t0)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def missing_files(records: Iterable[dict], base: str | os.PathLike) -> list[str]:
+    """Image and mask paths of ``records`` (relative to ``base`` unless absolute) that are absent or empty."""
+    bad = []
+    for r in records:
+        for item in r["images"] + r["masks"]:
+            p = item["path"] if os.path.isabs(item["path"]) else os.path.join(base, item["path"])
+            try:
+                if os.stat(p).st_size > 0:
+                    continue
+            except OSError:
+                pass
+            bad.append(item["path"])
+    return bad
 
 
 def to_dataset(records: list[dict]):

@@ -20,14 +20,41 @@ Colour files (RGB, YBR_FULL, YBR_FULL_422, and colour PNG / JPEG) are reduced to
 (0.299 R + 0.587 G + 0.114 B), the same weights Pillow uses for ``convert("L")``.
 
 Every failure (corrupt, truncated, unsupported, not an image, multi-frame, missing decoder) raises
-:class:`XrayReadError`, a ``ValueError`` that names the file, the reason and what to do.
+:class:`XrayReadError`, a ``ValueError`` that names the file, the reason and what to do. Its message
+holds only the path, tag names, technical sizes / bit depths and the reason: never file bytes or
+header values (patient data), and quoted text from the underlying library's message is masked.
+
+Guarantees against damaged files (each one tested in ``tests/test_bad_images.py``):
+
+- only regular files are opened (a FIFO, a device such as ``/dev/zero``, a socket: refused before
+  opening, so nothing hangs), and files over :data:`MAX_FILE_BYTES` are refused; the file is read
+  once into memory and parsed from there, so a damaged length field cannot reserve memory;
+- the declared geometry (Rows, Columns, SamplesPerPixel, NumberOfFrames, BitsAllocated, BitsStored,
+  HighBit, PixelRepresentation, PhotometricInterpretation) is checked before any pixel buffer is
+  allocated: for uncompressed transfer syntaxes the Pixel Data length must equal what the geometry
+  declares (one byte of padding allowed); for compressed ones, and for PNG / JPEG headers, the
+  size is capped at :data:`MAX_PIXELS`;
+- a non-finite or float32-overflowing Rescale Slope / Intercept or Window Center / Width, or a
+  modality transform that overflows, is an error (it used to be ignored or give a black image);
+- stored values that contradict Bits Stored / Pixel Representation are an error (uncompressed
+  data): the bits above Bits Stored must be the same in every pixel (then they are ignored, as
+  DICOM says), or, for signed data, each pixel's zero or its sign extension (see
+  :func:`_check_stored_bits` for what cannot be detected);
+- 16-bit grayscale PNGs: see :func:`_png16_scale` (the ``sBIT`` chunk when present);
+- the output is checked to be a finite, non-empty 2-D array in ``[0, 1]`` before it is returned;
+  any other exception from the parsing libraries is turned into :class:`XrayReadError`.
+
 EXIF orientation in JPEG files is deliberately ignored: box and mask annotations of X-ray datasets
 refer to the stored pixel grid.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import stat
+import struct
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +120,11 @@ DICOM_META_KEYS: tuple[str, ...] = (
     "TransferSyntaxUID",
 )
 
+#: Largest image accepted, in pixels (rows x columns x samples x frames): 16k x 16k.
+MAX_PIXELS = 16384 * 16384
+#: Largest file accepted, in bytes (a 16k x 16k 16-bit radiograph is 512 MiB).
+MAX_FILE_BYTES = 1 << 30
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -140,22 +172,61 @@ class XrayReadError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _sniff(path: Path) -> str:
+_QUOTED = re.compile(r"b?'[^']*'" + r'|b?"[^"]*"')
+
+
+def _why(e: BaseException) -> str:
+    """``TypeName: message`` of a library exception, safe for logs: quoted text (which may hold
+    header values or file bytes) is masked and the message is cut to 200 characters."""
+    msg = _QUOTED.sub("'…'", str(e)).replace("\n", " ").strip()
+    if len(msg) > 200:
+        msg = msg[:200] + "…"
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _check_regular(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise XrayReadError(path, "it is a directory, not a file", "Pass the path of an image file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a character device"
+                if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise XrayReadError(path, f"not a regular file ({kind}); it is refused before opening",
+                            "Pass the path of an image file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise XrayReadError(path, f"file too large ({st.st_size} bytes, more than {MAX_FILE_BYTES})",
+                            "Downsample or split the image first")
+
+
+def _load(path: Path) -> bytes:
+    """The whole file, read once: only regular files (a FIFO or a device would block or never end:
+    refused before opening) of at most :data:`MAX_FILE_BYTES`. The file is opened non-blocking and
+    checked again on its descriptor, in case the path was swapped between the stat and the open."""
+    try:
+        _check_regular(path, os.stat(path))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as f:
+            _check_regular(path, os.fstat(f.fileno()))
+            data = f.read()
+    except FileNotFoundError:
+        raise XrayReadError(path, "file not found", "Check the path and the data root") from None
+    except OSError as e:
+        raise XrayReadError(path, f"cannot open the file ({e.strerror or type(e).__name__})",
+                            "Check the path and the file's permissions") from e
+    if len(data) > MAX_FILE_BYTES:  # grew since the stat
+        raise XrayReadError(path, f"file too large (more than {MAX_FILE_BYTES} bytes)",
+                            "Downsample or split the image first")
+    return data
+
+
+def _sniff(path: Path, data: bytes) -> str:
     """Return the file's format from its first bytes: 'dicom', 'dicom_raw', 'png', 'jpeg' or ''.
 
     'dicom' has the 128-byte preamble and "DICM"; 'dicom_raw' has no preamble but starts like a
     DICOM data set (first tag in group 0000, 0002 or 0008, either byte order), as old ACR-NEMA
     files and some exports do.
     """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except FileNotFoundError:
-        raise XrayReadError(path, "file not found", "Check the path and the data root") from None
-    except IsADirectoryError:
-        raise XrayReadError(path, "it is a directory, not a file", "Pass the path of an image file") from None
-    except OSError as e:
-        raise XrayReadError(path, f"cannot open the file ({e.strerror or e})", "Check the file's permissions") from e
+    head = data[:132]
     if not head:
         raise XrayReadError(path, "empty file (0 bytes)")
     if len(head) >= 132 and head[128:132] == b"DICM":
@@ -173,9 +244,10 @@ def _sniff(path: Path) -> str:
 
 
 def _not_an_image(path: Path) -> XrayReadError:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return XrayReadError(path, f"not a DICOM, PNG or JPEG file (starts with {head!r})", _HINT_FORMAT)
+    # The file's first bytes are not quoted: for a text file they could be a report or a name.
+    return XrayReadError(
+        path, "not a DICOM, PNG or JPEG file (no DICOM preamble or data set, PNG or JPEG signature)", _HINT_FORMAT
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,13 +266,33 @@ def read_xray(path: PathLike, *, no_voi: Literal["stored", "minmax"] = "stored")
     if no_voi not in ("stored", "minmax"):
         raise ValueError(f"no_voi must be 'stored' or 'minmax', got {no_voi!r}")
     p = Path(path)
-    kind = _sniff(p)
-    if kind in ("png", "jpeg"):
-        return _read_pillow(p)
-    if kind in ("dicom", "dicom_raw"):
-        ds = _dcmread(p, force=kind == "dicom_raw", header_only=False)
-        return _dicom_to_unit(p, ds, no_voi)
-    raise _not_an_image(p)
+    data = _load(p)
+    kind = _sniff(p, data)
+    try:
+        if kind in ("png", "jpeg"):
+            out = _read_pillow(p, data)
+        elif kind in ("dicom", "dicom_raw"):
+            ds = _dcmread(p, data, force=kind == "dicom_raw", header_only=False)
+            out = _dicom_to_unit(p, ds, no_voi, data)
+        else:
+            raise _not_an_image(p)
+    except XrayReadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file must give the named error, never a raw traceback
+        raise XrayReadError(p, f"unexpected failure while decoding ({_why(e)})") from e
+    return _checked_output(p, out)
+
+
+def _checked_output(path: Path, out: np.ndarray) -> np.ndarray:
+    """The last guard: a finite, non-empty 2-D float32 array in [0, 1]."""
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    if out.ndim != 2 or out.size == 0:
+        raise XrayReadError(path, f"the decoded image has shape {out.shape}, not a non-empty 2-D image")
+    if not np.isfinite(out).all():
+        raise XrayReadError(path, "the decoded image has non-finite values (NaN or inf)")
+    if float(out.min()) < 0.0 or float(out.max()) > 1.0:
+        raise XrayReadError(path, "the decoded image has values outside [0, 1]")
+    return out
 
 
 def read_dicom_meta(path: PathLike) -> dict[str, Any]:
@@ -212,25 +304,30 @@ def read_dicom_meta(path: PathLike) -> dict[str, Any]:
     accession numbers and UIDs are never returned, so the result is safe to store in records.
     """
     p = Path(path)
-    kind = _sniff(p)
+    data = _load(p)
+    kind = _sniff(p, data)
     if kind not in ("dicom", "dicom_raw"):
         raise XrayReadError(p, "not a DICOM file", "read_dicom_meta only reads DICOM headers")
-    ds = _dcmread(p, force=kind == "dicom_raw", header_only=True)
+    ds = _dcmread(p, data, force=kind == "dicom_raw", header_only=True)
     out: dict[str, Any] = {}
     for key in DICOM_META_KEYS:
-        if key == "TransferSyntaxUID":  # for files without file meta: the syntax they were read with
-            value = str(_transfer_syntax(ds))
-        else:
-            value = ds.get(key)
-        out[key] = _plain(value)
+        try:
+            if key == "TransferSyntaxUID":  # for files without file meta: the syntax they were read with
+                value = str(_transfer_syntax(ds))
+            else:
+                value = ds.get(key)
+            out[key] = _plain(value)
+        except Exception as e:  # noqa: BLE001 - a damaged value of one tag
+            raise XrayReadError(p, f"invalid {key} tag ({_why(e)})") from e
     return out
 
 
 def write_png(path: PathLike, img: np.ndarray, bits: int = 8) -> Path:
     """Write a 2-D image with values in [0, 1] as a grayscale PNG, atomically; return the path.
 
-    ``bits=8`` stores round(x * 255), ``bits=16`` round(x * 65535), so :func:`read_xray` reads the
-    image back to within half a quantisation step. The file is written to a temporary name in the
+    ``bits=8`` stores round(x * 255), ``bits=16`` round(x * 65535) with an ``sBIT`` chunk saying
+    16 significant bits, so :func:`read_xray` reads the image back to within half a quantisation step
+    (even a dark one: see :func:`_png16_scale`). The file is written to a temporary name in the
     same folder and renamed over ``path`` (``os.replace``), so readers never see a partial PNG.
     Values outside [0, 1] by more than 1e-3, or non-finite values, raise ``ValueError``.
     """
@@ -250,6 +347,12 @@ def write_png(path: PathLike, img: np.ndarray, bits: int = 8) -> Path:
     top = 255 if bits == 8 else 65535
     q = np.rint(np.clip(arr, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
     im = Image.fromarray(q)  # mode "L" or "I;16"
+    info = None
+    if bits == 16:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add(b"sBIT", bytes([16]))  # all 16 bits significant: the full range is the scale
 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +360,7 @@ def write_png(path: PathLike, img: np.ndarray, bits: int = 8) -> Path:
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "xb") as f:
-            im.save(f, format="PNG")
+            im.save(f, format="PNG", pnginfo=info)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
@@ -280,18 +383,62 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float32, copy=False) @ LUMA_WEIGHTS
 
 
-def _read_pillow(path: Path) -> np.ndarray:
+def _png_sbit(path: Path, data: bytes) -> int | None:
+    """The significant bits of the gray channel from a PNG's ``sBIT`` chunk (before IDAT), or None."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        if ctype in (b"IDAT", b"IEND"):
+            return None
+        if ctype == b"sBIT":
+            if length < 1 or pos + 8 + length > len(data):
+                raise XrayReadError(path, "invalid PNG sBIT chunk (empty or truncated)")
+            return data[pos + 8]
+        pos += 12 + length
+    return None
+
+
+def _png16_scale(path: Path, data: bytes, values: np.ndarray) -> float:
+    """The divisor that maps a 16-bit grayscale PNG to [0, 1]. One documented rule:
+
+    - with an ``sBIT`` chunk of ``s`` significant bits (1-16): if every value fits in ``s`` bits the
+      values are taken as stored in the low bits (as many medical exports do: 12-bit data in 16-bit
+      samples) and divided by ``2**s - 1``; otherwise they are scaled to the full range, as the PNG
+      specification prescribes, and divided by 65535;
+    - without ``sBIT``: 65535, unless every value fits in 12 bits (maximum <= 4095): then the file is
+      taken for 12-bit data stored in the low bits (the commonest radiograph export, which would
+      otherwise come out 16x too dark) and divided by 4095. :func:`write_png` writes ``sBIT`` = 16, so
+      mxr0's own cache is always read on the full range.
+    """
+    sbit = _png_sbit(path, data)
+    top = int(values.max()) if values.size else 0
+    if sbit is not None:
+        if not 1 <= sbit <= 16:
+            raise XrayReadError(path, f"invalid PNG sBIT chunk ({sbit} significant bits for 16-bit samples)")
+        return float(2**sbit - 1) if top <= 2**sbit - 1 else 65535.0
+    return 4095.0 if top <= 4095 else 65535.0
+
+
+def _read_pillow(path: Path, data: bytes) -> np.ndarray:
     """Decode a PNG or JPEG fully (``load()``, so truncation is caught) and scale it to [0, 1].
 
-    16-bit grayscale (modes I;16*, I) is divided by 65535, 8-bit by 255; colour, palette and
+    The declared size is checked against :data:`MAX_PIXELS` before decoding. 16-bit grayscale
+    (modes I;16*, I) is scaled by :func:`_png16_scale`, 8-bit divided by 255; colour, palette and
     alpha images become luma (alpha is dropped, not composited).
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w < 1 or h < 1 or w * h > MAX_PIXELS:
+                raise XrayReadError(path, f"declared {im.format} size {w} x {h} is empty or over the "
+                                    f"{MAX_PIXELS}-pixel limit", "Downsample the image first")
             im.load()
             mode = im.mode
             if mode.startswith("I;16") or mode == "I":
-                return (np.asarray(im).astype(np.float32) / 65535.0).clip(0.0, 1.0)
+                values = np.asarray(im)
+                if values.size and int(values.min()) < 0:
+                    raise XrayReadError(path, f"negative values in a {im.format} of mode {mode!r}")
+                return (values.astype(np.float32) / np.float32(_png16_scale(path, data, values))).clip(0.0, 1.0)
             if mode == "L":
                 return np.asarray(im).astype(np.float32) / 255.0
             if mode == "LA":
@@ -306,9 +453,9 @@ def _read_pillow(path: Path) -> np.ndarray:
     except XrayReadError:
         raise
     except Image.DecompressionBombError as e:
-        raise XrayReadError(path, f"image too large to decode safely ({e})", "Downsample the image first") from e
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
-        raise XrayReadError(path, f"cannot decode the image ({type(e).__name__}: {e})") from e
+        raise XrayReadError(path, f"image too large to decode safely ({_why(e)})", "Downsample the image first") from e
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError, struct.error ...
+        raise XrayReadError(path, f"cannot decode the image ({_why(e)})") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,14 +463,15 @@ def _read_pillow(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _dcmread(path: Path, *, force: bool, header_only: bool) -> Dataset:
-    """Parse a DICOM file, mapping every parser failure to XrayReadError."""
+def _dcmread(path: Path, data: bytes, *, force: bool, header_only: bool) -> Dataset:
+    """Parse a DICOM file from its bytes (a damaged length then cannot make the parser reserve
+    memory for data the file does not hold), mapping every parser failure to XrayReadError."""
     try:
-        ds = pydicom.dcmread(path, force=force, stop_before_pixels=header_only)
+        ds = pydicom.dcmread(io.BytesIO(data), force=force, stop_before_pixels=header_only)
     except Exception as e:  # pydicom raises many types (InvalidDicomError, EOFError, struct.error ...)
         if force:
             raise _not_an_image(path) from e
-        raise XrayReadError(path, f"cannot parse the DICOM file ({type(e).__name__}: {e})") from e
+        raise XrayReadError(path, f"cannot parse the DICOM file ({_why(e)})") from e
     if force and not any(tag.group in (0x0008, 0x0028) for tag in ds.keys()):
         # A forced parse of arbitrary bytes yields junk tags; a real data set has groups 0008/0028.
         raise _not_an_image(path)
@@ -348,9 +496,8 @@ def _transfer_syntax(ds: Dataset) -> UID:
     return ts
 
 
-def _pixel_data_present_in_file(path: Path) -> bool:
+def _pixel_data_present_in_file(data: bytes) -> bool:
     """Whether the raw bytes contain a (7FE0,0010) Pixel Data tag (either byte order)."""
-    data = path.read_bytes()
     return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
@@ -358,12 +505,136 @@ def _ts_label(ts: UID) -> str:
     return f"{ts.name} ({ts})" if ts.name != ts else str(ts)
 
 
-def _decode(path: Path, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
+_HINT_TAGS = "A header tag contradicts the pixel data; fix the tag (e.g. with pydicom) or drop the file from the index"
+
+
+def _int_tag(path: Path, ds: Dataset, key: str, default: int | None = None) -> int:
+    """An integer tag's value (the first of several); ``default`` when absent, else a named error."""
+    try:
+        value = ds.get(key)
+    except Exception as e:  # noqa: BLE001 - a damaged value of the tag
+        raise XrayReadError(path, f"invalid {key} tag ({_why(e)})", _HINT_TAGS) from e
+    if isinstance(value, (MultiValue, list, tuple)):
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        if default is None:
+            raise XrayReadError(path, f"the {key} tag is missing", _HINT_TAGS)
+        return default
+    try:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise XrayReadError(path, f"the {key} tag is not an integer", _HINT_TAGS) from None
+
+
+_PHOTOMETRIC_TERMS = frozenset({
+    "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "HSV", "ARGB", "CMYK", "XYB",
+})
+
+
+def _geometry(path: Path, ds: Dataset, ts: UID) -> tuple[int, int, int, int]:
+    """Check the declared geometry against the pixel data *before* anything is decoded or allocated;
+    return (BitsAllocated, BitsStored, PixelRepresentation, expected native byte length or 0)."""
+    rows = _int_tag(path, ds, "Rows")
+    cols = _int_tag(path, ds, "Columns")
+    spp = _int_tag(path, ds, "SamplesPerPixel", 1)
+    ba = _int_tag(path, ds, "BitsAllocated")
+    bs = _int_tag(path, ds, "BitsStored", ba)
+    hb = _int_tag(path, ds, "HighBit", bs - 1)
+    pr = _int_tag(path, ds, "PixelRepresentation", 0)
+    for key, value in (("Rows", rows), ("Columns", cols)):
+        if value < 1:
+            raise XrayReadError(path, f"{key} is {value}: the image is empty", _HINT_TAGS)
+    if spp not in (1, 3):
+        raise XrayReadError(path, f"SamplesPerPixel={spp} is not 1 (grayscale) or 3 (colour)", _HINT_TAGS)
+    if ba not in (8, 16, 32):
+        raise XrayReadError(path, f"unsupported BitsAllocated={ba} (8, 16 or 32 are read)", _HINT_TAGS)
+    if not 1 <= bs <= ba:
+        raise XrayReadError(path, f"BitsStored={bs} contradicts BitsAllocated={ba}", _HINT_TAGS)
+    if hb != bs - 1:
+        raise XrayReadError(path, f"HighBit={hb} is not BitsStored - 1 ({bs - 1}): unsupported bit layout", _HINT_TAGS)
+    if pr not in (0, 1):
+        raise XrayReadError(path, f"PixelRepresentation={pr} is neither 0 (unsigned) nor 1 (signed)", _HINT_TAGS)
+    if rows * cols * spp > MAX_PIXELS:
+        raise XrayReadError(
+            path, f"declared size Rows x Columns x SamplesPerPixel = {rows} x {cols} x {spp} is over the "
+            f"{MAX_PIXELS}-pixel limit", "Downsample the image first, or drop the file if the tags are damaged",
+        )
+    pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if pi not in _PHOTOMETRIC_TERMS:  # not echoed: a damaged tag could hold anything
+        raise XrayReadError(path, "PhotometricInterpretation is missing or not a DICOM defined term", _HINT_TAGS)
+    if spp == 1 and pi not in ("MONOCHROME1", "MONOCHROME2"):
+        raise XrayReadError(
+            path, f"unsupported photometric interpretation {pi!r} for single-sample pixels",
+            "Convert the file to MONOCHROME2 (or RGB) first",
+        )
+    if spp == 3 and pi.startswith("MONOCHROME"):
+        raise XrayReadError(path, f"SamplesPerPixel=3 contradicts PhotometricInterpretation {pi}", _HINT_TAGS)
+    if ts.is_encapsulated:
+        return ba, bs, pr, 0
+    samples = rows * cols * (2 if spp == 3 and pi == "YBR_FULL_422" else spp)
+    expected = samples * (ba // 8)
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise XrayReadError(
+            path, f"the pixel data is truncated (Pixel Data holds {actual} bytes; Rows, Columns, SamplesPerPixel "
+            f"and BitsAllocated declare {expected})",
+        )
+    if actual > expected + 1:  # one byte pads an odd length to even
+        raise XrayReadError(
+            path, f"Pixel Data holds {actual} bytes, more than the {expected} that Rows, Columns, SamplesPerPixel "
+            "and BitsAllocated declare (a geometry tag contradicts the data)", _HINT_TAGS,
+        )
+    return ba, bs, pr, expected
+
+
+def _check_stored_bits(path: Path, ds: Dataset, ts: UID, ba: int, bs: int, pr: int, nbytes: int) -> None:
+    """Bits Stored / Pixel Representation against the raw words of uncompressed pixel data.
+
+    The bits above Bits Stored are ignored (DICOM: they are not pixel data) only when they are the
+    same in every pixel, or, for signed data, each pixel's either zero or its sign extension (real
+    files mix both: mlut_18.dcm sign-extends 256 of its pixels). Anything else means the
+    data use more bits than Bits Stored says, or the signedness is wrong: a named error instead of a
+    masked (garbage) image. The rule's limit: signed data whose high bits are all zero are valid
+    two's complement in Bits Stored bits (pydicom's own test file mlut_18.dcm is such), so unsigned
+    data mislabelled signed *without* any high bit set cannot be told apart and are read as signed;
+    likewise when Bits Stored equals Bits Allocated there are no spare bits to check.
+    """
+    if bs == ba or not nbytes:
+        return
+    dtype = np.dtype(f"u{ba // 8}").newbyteorder(">" if ts == ExplicitVRBigEndian else "<")
+    words = np.frombuffer(ds.PixelData, dtype=dtype, count=nbytes // (ba // 8))
+    if not words.size:
+        return
+    high = words >> np.array(bs, dtype=dtype)
+    constant = int(high.min()) == int(high.max())
+    if pr == 0:
+        if not constant:
+            raise XrayReadError(
+                path, f"stored values use bits above BitsStored={bs} (BitsAllocated={ba}): BitsStored or "
+                "PixelRepresentation contradicts the data (or a retired overlay plane is stored in the pixels)",
+                _HINT_TAGS,
+            )
+        return
+    sign = (words >> np.array(bs - 1, dtype=dtype)) & np.array(1, dtype=dtype)
+    extension = sign * np.array((1 << (ba - bs)) - 1, dtype=dtype)
+    if constant or bool(((high == 0) | (high == extension)).all()):
+        return
+    raise XrayReadError(
+        path, f"PixelRepresentation=1 (signed) but the bits above BitsStored={bs} are neither zero nor the "
+        "sign extension of the values: BitsStored or PixelRepresentation contradicts the data", _HINT_TAGS,
+    )
+
+
+def _decode(path: Path, ds: Dataset, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode the single frame of ``ds`` to its stored values (colour converted to RGB)."""
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise XrayReadError(path, "float pixel data is not supported", _HINT_FORMAT)
-        if _pixel_data_present_in_file(path):
+        if _pixel_data_present_in_file(data):
             raise XrayReadError(path, "the pixel data is truncated (the file ends inside Pixel Data)")
         raise XrayReadError(
             path,
@@ -371,10 +642,9 @@ def _decode(path: Path, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
             "This DICOM holds no image (e.g. a report, presentation state or header-only export); "
             "drop it from the index",
         )
-    try:
-        frames = int(ds.get("NumberOfFrames") or 1)
-    except (TypeError, ValueError):
-        frames = 1
+    frames = _int_tag(path, ds, "NumberOfFrames", 1)
+    if frames < 1:
+        raise XrayReadError(path, f"NumberOfFrames is {frames}", _HINT_TAGS)
     if frames > 1:
         raise XrayReadError(
             path,
@@ -382,6 +652,8 @@ def _decode(path: Path, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
             "Extract the frame you need (pydicom.pixels.pixel_array(path, index=i)) and save it as its own file",
         )
     ts = _transfer_syntax(ds)
+    ba, bs, pr, nbytes = _geometry(path, ds, ts)
+    _check_stored_bits(path, ds, ts, ba, bs, pr, nbytes)
     try:
         decoder = get_decoder(ts)
     except NotImplementedError:
@@ -401,10 +673,8 @@ def _decode(path: Path, ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
         arr, meta = decoder.as_array(ds, as_rgb=True)
     except Exception as e:  # plugins raise RuntimeError / ValueError / AttributeError ...
         if "less than expected" in str(e):  # native data shorter than Rows x Columns x bits says
-            raise XrayReadError(path, f"the pixel data is truncated ({e})") from e
-        raise XrayReadError(
-            path, f"cannot decode the {_ts_label(ts)} pixel data ({type(e).__name__}: {e})"
-        ) from e
+            raise XrayReadError(path, f"the pixel data is truncated ({_why(e)})") from e
+        raise XrayReadError(path, f"cannot decode the {_ts_label(ts)} pixel data ({_why(e)})") from e
     return arr, meta
 
 
@@ -425,17 +695,27 @@ def _plain(value: Any) -> Any:
     return text or None
 
 
-def _first_number(value: Any) -> float | None:
-    """First element of a possibly multi-valued numeric tag as float, or None if absent/invalid."""
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(path: Path, ds: Dataset, key: str) -> float | None:
+    """First value of a numeric tag as float; None when absent or empty. A value that is not a
+    number, not finite (NaN, inf) or beyond the float32 range is a named error, never a default."""
+    try:
+        value = ds.get(key)
+    except Exception as e:  # noqa: BLE001 - a damaged value of the tag
+        raise XrayReadError(path, f"invalid {key} tag ({_why(e)})", _HINT_TAGS) from e
     if isinstance(value, (MultiValue, list, tuple)):
         value = value[0] if len(value) else None
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
         out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if np.isfinite(out) else None
+    except (TypeError, ValueError, OverflowError):
+        raise XrayReadError(path, f"the {key} tag is not a number", _HINT_TAGS) from None
+    if not np.isfinite(out) or abs(out) > _FLOAT32_MAX:
+        raise XrayReadError(path, f"the {key} tag is not finite (NaN, inf or beyond the float32 range)", _HINT_TAGS)
+    return out
 
 
 def _lut_item(item: Dataset, ds: Dataset) -> tuple[int, int, np.ndarray]:
@@ -489,9 +769,9 @@ def _window(x: np.ndarray, center: float, width: float, func: str) -> np.ndarray
     return np.clip(y, 0.0, 1.0, out=y).astype(np.float32, copy=False)
 
 
-def _dicom_to_unit(path: Path, ds: Dataset, no_voi: str) -> np.ndarray:
+def _dicom_to_unit(path: Path, ds: Dataset, no_voi: str, data: bytes) -> np.ndarray:
     """Decode and map a single-frame DICOM to [0, 1], bone bright (see the module docstring)."""
-    arr, meta = _decode(path, ds)
+    arr, meta = _decode(path, ds, data)
     pi = str(meta.get("photometric_interpretation") or ds.get("PhotometricInterpretation", "")).strip().upper()
     bits = int(meta.get("bits_stored") or ds.get("BitsStored") or 8)
 
@@ -511,17 +791,17 @@ def _dicom_to_unit(path: Path, ds: Dataset, no_voi: str) -> np.ndarray:
                 f"unsupported photometric interpretation {pi!r} for single-sample pixels",
                 "Convert the file to MONOCHROME2 (or RGB) first",
             )
-        out = _monochrome_to_unit(arr, ds, bits, no_voi)
+        out = _monochrome_to_unit(path, arr, ds, bits, no_voi)
     except XrayReadError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
-        raise XrayReadError(path, f"invalid grayscale transform tags ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - damaged LUT / window tags raise many types
+        raise XrayReadError(path, f"invalid grayscale transform tags ({_why(e)})", _HINT_TAGS) from e
     if pi == "MONOCHROME1":  # low values are bright: invert after VOI (C.7.6.3.1.2)
         out = np.subtract(np.float32(1.0), out, out=out)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _monochrome_to_unit(arr: np.ndarray, ds: Dataset, bits: int, no_voi: str) -> np.ndarray:
+def _monochrome_to_unit(path: Path, arr: np.ndarray, ds: Dataset, bits: int, no_voi: str) -> np.ndarray:
     """Modality LUT, then VOI (LUT or window), then scaling to [0, 1], as float32."""
     signed = int(ds.get("PixelRepresentation") or 0) == 1
     lo_s, hi_s = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
@@ -535,16 +815,21 @@ def _monochrome_to_unit(arr: np.ndarray, ds: Dataset, bits: int, no_voi: str) ->
         span = table[lo_i : hi_i + 1]
         lo, hi = float(span.min()), float(span.max())
     else:
-        slope = _first_number(ds.get("RescaleSlope"))
-        intercept = _first_number(ds.get("RescaleIntercept"))
+        slope = _number(path, ds, "RescaleSlope")
+        intercept = _number(path, ds, "RescaleIntercept")
         slope = 1.0 if slope is None or slope == 0 else slope
         intercept = 0.0 if intercept is None else intercept
         x = arr.astype(np.float32)
-        if slope != 1.0:
-            x *= np.float32(slope)
-        if intercept != 0.0:
-            x += np.float32(intercept)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if slope != 1.0:
+                x *= np.float32(slope)
+            if intercept != 0.0:
+                x += np.float32(intercept)
         lo, hi = sorted((lo_s * slope + intercept, hi_s * slope + intercept))
+        if not (abs(lo) <= _FLOAT32_MAX and abs(hi) <= _FLOAT32_MAX and np.isfinite(x).all()):
+            raise XrayReadError(
+                path, "RescaleSlope / RescaleIntercept overflow the float32 range (non-finite values)", _HINT_TAGS
+            )
 
     # 2. VOI (C.11.2): VOI LUT Sequence first item, else first window pair.
     vlut = ds.get("VOILUTSequence")
@@ -556,8 +841,8 @@ def _monochrome_to_unit(arr: np.ndarray, ds: Dataset, bits: int, no_voi: str) ->
         y = _lookup(x, first, table)
         return (y / np.float32(top)).astype(np.float32) if top > 0 else np.zeros_like(y, dtype=np.float32)
 
-    center = _first_number(ds.get("WindowCenter"))
-    width = _first_number(ds.get("WindowWidth"))
+    center = _number(path, ds, "WindowCenter")
+    width = _number(path, ds, "WindowWidth")
     if center is not None and width is not None:
         func = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
         y = _window(x, center, width, func)

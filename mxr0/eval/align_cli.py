@@ -6,8 +6,9 @@ encoder on canonical records, with similarity-map overlays.
     mxr0 eval align --model my-org/mxr0-align --data /data/ms_cxr/records.parquet --views PA AP
 
 Writes ``align_metrics.json``, ``align_metrics.md`` and ``overlays/*.png`` (image, similarity map,
-reference boxes, phrase) into ``--out``. Wire it with ``add_arguments(subparser)`` and ``run(args)``.
+reference boxes, phrase) into ``--out``.
 """
+# (the docstring is `mxr0 eval align --help`'s description.) Wire it with add_arguments(subparser) and run(args).
 
 from __future__ import annotations
 

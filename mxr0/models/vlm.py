@@ -95,16 +95,3 @@ def _copy_buffers(dst: nn.Module, src: nn.Module) -> None:
         if isinstance(current, torch.Tensor) and current.is_meta:
             persistent = attr not in getattr(owner, "_non_persistent_buffers_set", set())
             owner.register_buffer(attr, buf.detach().clone(), persistent=persistent)
-
-
-def vlm_param_groups(model: nn.Module) -> dict[str, list[str]]:
-    """Parameter names by part: vision tower, projector, language model (for freezing and logs)."""
-    parts: dict[str, list[str]] = {"vision": [], "projector": [], "llm": []}
-    for name, _ in model.named_parameters():
-        if "vision_tower" in name:
-            parts["vision"].append(name)
-        elif "multi_modal_projector" in name:
-            parts["projector"].append(name)
-        else:
-            parts["llm"].append(name)
-    return parts

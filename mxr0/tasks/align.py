@@ -27,7 +27,7 @@ from torch import nn
 
 from mxr0.config import ConfigError
 from mxr0.data.loading import load_split, select_image
-from mxr0.tasks.base import Task
+from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,33 @@ class AlignModelConfig:
     """Light image augmentation (crop jitter, gamma, contrast; never flips)."""
     zero_shot_prompts: dict = field(default_factory=dict)
     """Overrides of the zero-shot prompts: {observation: {positive: [...], negative: [...]}}."""
+
+    def __post_init__(self):
+        from mxr0.config import FieldError, check_choices, check_hf_config, check_mean_std, check_ranges
+        from mxr0.data.records import REPORT_SECTIONS
+
+        check_hf_config(self, "vision_config", "Dinov2WithRegistersConfig", aliases=("intermediate_size",),
+                        reserved={"image_size": "set model.image_size"})
+        check_hf_config(self, "text_config", "BertConfig",
+                        reserved={k: "the task sets it from the tokenizer" for k in ("vocab_size", "pad_token_id")})
+        check_mean_std(self)
+        check_ranges(self, {
+            "image_size": "[1, inf)", "tokenizer_vocab_size": "[1, inf)", "projection_dim": "[1, inf)",
+            "logit_scale_init": "(-inf, inf)", "logit_bias_init": "(-inf, inf)", "vision_unlocked_layers": "[-1, inf)",
+            "text_unlocked_layers": "[-1, inf)", "max_text_length": "[2, inf)", "sentence_keep": "(0, 1]",
+            "texts_per_image": "[1, inf)", "patch_loss_weight": "[0, inf)", "patch_temperature": "(0, inf)",
+        })
+        check_choices(self, "text_sections", REPORT_SECTIONS, empty_ok=False)
+        if not self.gather_with_grad and not self.local_loss:
+            raise FieldError("gather_with_grad", "needs model.local_loss=true (without gradient through the "
+                             "gather, a full loss on every rank trains only on local pairs)", self.gather_with_grad)
+        if self.zero_shot_prompts:
+            from mxr0.eval.align import merged_prompts
+
+            try:
+                merged_prompts(self.zero_shot_prompts)
+            except ValueError as e:
+                raise FieldError("zero_shot_prompts", str(e)) from None
 
 
 class AlignDataset(torch.utils.data.Dataset):
@@ -366,6 +393,29 @@ class AlignTask(Task):
             "loss": self.cfg.loss, "text_sections": list(self.cfg.text_sections), "max_text_length": self.max_length,
             "zero_shot_prompts": self.cfg.zero_shot_prompts,
         })
+
+    @classmethod
+    def card_info(cls, repo: str, export: Path) -> CardInfo:
+        return CardInfo("zero-shot-image-classification",
+                        "a contrastive image–report dual encoder (retrieval, zero-shot classification)", f'''```python
+import torch
+from PIL import Image
+from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
+
+repo = "{repo}"
+model = VisionTextDualEncoderModel.from_pretrained(repo).eval()
+processor = VisionTextDualEncoderProcessor.from_pretrained(repo)
+
+image = Image.open("chest_xray.png").convert("RGB")
+texts = ["No pleural effusion.", "Large right pleural effusion."]
+inputs = processor(text=texts, images=image, return_tensors="pt", padding=True)
+with torch.no_grad():
+    out = model(**inputs)
+print(out.logits_per_image.softmax(dim=-1))  # zero-shot: which text fits the image best
+```
+
+`mxr0_align.json` holds the training loss, the report sections used as text, the zero-shot prompts
+and the logit bias (sigmoid loss).''')
 
 
 def save_align_export(model: nn.Module, tokenizer, transform, out_dir: Path, settings: dict) -> None:

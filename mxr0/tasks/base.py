@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +31,20 @@ def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0})
     return groups
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """What the model card (`mxr0.hub.render_model_card`) says about a task's export.
+
+    ``pipeline_tag``: the Hub pipeline tag. ``summary``: what the model is, one phrase. ``usage``: Markdown with a
+    Python snippet that loads the export with plain transformers. ``limitations``: task-specific items added to
+    the card's limitations."""
+
+    pipeline_tag: str
+    summary: str
+    usage: str
+    limitations: tuple[str, ...] = ()
 
 
 class Task:
@@ -113,3 +128,11 @@ class Task:
 
     def export(self, model: nn.Module, out_dir: Path, accelerator: Accelerator) -> None:
         """Write the trained model as a Hugging Face-native folder (main process writes)."""
+
+    @classmethod
+    def card_info(cls, repo: str, export: Path) -> CardInfo:
+        """The model card's details of this task's export (``repo``: the Hub id the snippet loads; ``export``: the
+        exported folder). Override it in every task: this default loads a bare ``AutoModel``."""
+        return CardInfo(
+            pipeline_tag="feature-extraction", summary=f"a model trained by the `{cls.name}` task",
+            usage=f'```python\nfrom transformers import AutoModel\n\nmodel = AutoModel.from_pretrained("{repo}")\n```')

@@ -27,7 +27,7 @@ from torch import nn
 from mxr0.config import ConfigError
 from mxr0.data.loading import load_split, select_image
 from mxr0.data.records import CHEXPERT_LABELS
-from mxr0.tasks.base import Task
+from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,21 @@ class ClassifyModelConfig:
     blank: Literal["zeros", "ignore"] = "zeros"
     """Not-mentioned labels as negative or masked out."""
     augment: bool = True
-    """Light training augmentation (crop jitter, small rotation, contrast/gamma); never flips,
-    because laterality matters."""
+    """Light training augmentation (`mxr0.data.augment.light_augment`: crop jitter, gamma, contrast; no
+    rotation); never flips, because laterality matters."""
+
+    def __post_init__(self):
+        from mxr0.config import FieldError, check_choices, check_hf_config, check_mean_std, check_value
+
+        check_value("image_size", self.image_size, "[1, inf)")
+        check_mean_std(self)
+        check_choices(self, "labels", CHEXPERT_LABELS, note="; [] takes every observation found in training")
+        reserved = {k: "the task sets it from model.labels" for k in ("num_labels", "id2label", "label2id", "problem_type")}
+        reserved["image_size"] = "set model.image_size"
+        enc = check_hf_config(self, "encoder_config", "Dinov2WithRegistersConfig", aliases=("intermediate_size",),
+                              reserved=reserved)
+        if not self.encoder and self.image_size < enc.get("patch_size", 16):
+            raise FieldError("image_size", f"must be >= the patch size {enc.get('patch_size', 16)}", self.image_size)
 
 
 def label_targets(record: dict, labels: list[str], uncertain: str, blank: str) -> tuple[np.ndarray, np.ndarray]:
@@ -237,3 +250,24 @@ class ClassifyTask(Task):
         self.transform.save_pretrained(out_dir)
         policy = {"labels": self.labels, "uncertain": self.cfg.uncertain, "blank": self.cfg.blank}
         (out_dir / "mxr0_labels.json").write_text(json.dumps(policy, indent=2))
+
+    @classmethod
+    def card_info(cls, repo: str, export: Path) -> CardInfo:
+        return CardInfo("image-classification",
+                        "a multi-label finding classifier (image → per-finding probabilities)", f'''```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+repo = "{repo}"
+processor = AutoImageProcessor.from_pretrained(repo)
+model = AutoModelForImageClassification.from_pretrained(repo).eval()
+
+image = Image.open("chest_xray.png").convert("RGB")
+with torch.no_grad():
+    logits = model(**processor(images=image, return_tensors="pt")).logits
+probs = logits.sigmoid()[0]  # multi-label: one independent probability per finding
+print({{model.config.id2label[i]: round(float(p), 3) for i, p in enumerate(probs)}})
+```
+
+`mxr0_labels.json` holds the label list and how uncertain / blank labels were mapped in training.''')

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from mxr0.config import ConfigError
-from mxr0.tasks.base import Task
+from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,45 @@ class SSLModelConfig:
     of the in-training evaluation (frozen teacher, evaluation split as queries)."""
     eval_knn_k: int = 20
     """Neighbours of the in-training kNN evaluation."""
+
+    def __post_init__(self):
+        from mxr0.config import FieldError, check_hf_config, check_mean_std, check_pair, check_ranges
+
+        check_hf_config(self, "encoder_config", "Dinov2WithRegistersConfig", aliases=("intermediate_size",),
+                        reserved={"image_size": "set model.global_crop_size", "drop_path_rate": "set model.drop_path_rate"})
+        n_reg = self.encoder_config.get("num_register_tokens")
+        if self.num_register_tokens is not None and n_reg is not None and n_reg != self.num_register_tokens:
+            raise FieldError("encoder_config.num_register_tokens", f"disagrees with model.num_register_tokens="
+                             f"{self.num_register_tokens} (which wins); set one of them", n_reg)
+        check_mean_std(self)
+        check_ranges(self, {
+            "num_register_tokens": "[0, inf)", "drop_path_rate": "[0, 1)", "global_crop_size": "[1, inf)",
+            "local_crop_size": "[1, inf)", "n_local_crops": "[0, inf)", "flip_prob": "[0, 1]", "intensity_prob": "[0, 1]",
+            "brightness": "[0, 1]", "contrast": "[0, 1]", "blur_prob": "[0, 1]", "solarize_prob": "[0, 1]",
+            "noise_prob": "[0, 1]", "noise_std": "[0, inf)", "dino_loss_weight": "(0, inf)",
+            "dino_n_prototypes": "[1, inf)", "dino_hidden_dim": "[1, inf)", "dino_bottleneck_dim": "[1, inf)",
+            "dino_nlayers": "[1, inf)", "koleo_loss_weight": "[0, inf)", "center_momentum": "[0, 1]",
+            "sinkhorn_iterations": "[1, inf)", "student_temp": "(0, inf)", "teacher_temp": "(0, inf)",
+            "warmup_teacher_temp": "(0, inf)", "warmup_teacher_temp_epochs": "[0, inf)", "ibot_loss_weight": "[0, inf)",
+            "ibot_n_prototypes": "[1, inf)", "ibot_hidden_dim": "[1, inf)", "ibot_bottleneck_dim": "[1, inf)",
+            "ibot_nlayers": "[1, inf)", "mask_probability": "[0, 1]", "momentum_teacher": "[0, 1]",
+            "final_momentum_teacher": "[0, 1]", "freeze_last_layer_epochs": "[0, inf)", "layerwise_decay": "(0, 1]",
+            "patch_embed_lr_mult": "[0, inf)", "eval_gallery_studies": "[1, inf)", "eval_knn_k": "[1, inf)",
+        })
+        for name in ("global_crop_scale", "local_crop_scale"):
+            check_pair(self, name, "(0, 1]")
+        check_pair(self, "gamma", "(0, inf)")
+        check_pair(self, "mask_ratio", "[0, 1)")
+        for name in ("blur_prob", "solarize_prob"):
+            if len(getattr(self, name)) != 3:
+                raise FieldError(name, "expected 3 probabilities (first global, other globals, locals)", getattr(self, name))
+        if not self.encoder:  # a new encoder: its patch size is known here (a pretrained one is checked at build)
+            p = self.encoder_config.get("patch_size", 16)
+            p = int(p[0] if isinstance(p, (list, tuple)) else p)
+            for name in ("global_crop_size", "local_crop_size"):
+                if getattr(self, name) % p:
+                    raise FieldError(name, f"must be a multiple of the patch size {p} (model.encoder_config.patch_size)",
+                                     getattr(self, name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,9 +474,9 @@ class SSLTask(Task):
     def _patch_size(self) -> int:
         if self._patch is None:
             if self.cfg.encoder:
-                from transformers import AutoConfig
+                from mxr0.models.encoder import encoder_config
 
-                p = AutoConfig.from_pretrained(self.cfg.encoder).patch_size
+                p = encoder_config(self.cfg.encoder).patch_size  # any stage's export (see load_encoder)
             else:
                 p = self.cfg.encoder_config.get("patch_size", 16)
             self._patch = int(p[0] if isinstance(p, (list, tuple)) else p)
@@ -615,6 +654,29 @@ class SSLTask(Task):
         if not accelerator.is_main_process:
             return
         export_ssl(model, self.transform, Path(out_dir))
+
+    @classmethod
+    def card_info(cls, repo: str, export: Path) -> CardInfo:
+        return CardInfo("image-feature-extraction",
+                        "a self-supervised image encoder (DINOv2-style image- and patch-level objectives)", f'''```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+repo = "{repo}"
+processor = AutoImageProcessor.from_pretrained(repo)
+model = AutoModel.from_pretrained(repo).eval()
+
+image = Image.open("xray.png").convert("RGB")
+with torch.no_grad():
+    out = model(**processor(images=image, return_tensors="pt"))
+embedding = out.pooler_output                       # (1, hidden_size) image-level feature (CLS)
+n_skip = 1 + getattr(model.config, "num_register_tokens", 0)
+patches = out.last_hidden_state[:, n_skip:]         # (1, n_patches, hidden_size) patch features
+```
+
+A frozen encoder: use the features with a linear probe, kNN, or a segmentation decoder
+(`mxr0 eval vision` runs all of these).''')
 
 
 def export_ssl(model: SSLMetaArch, transform, out_dir: Path) -> Path:

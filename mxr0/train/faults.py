@@ -35,6 +35,19 @@ def _readable_errors() -> tuple[type[BaseException], ...]:
     return (XrayReadError, OSError)
 
 
+def _skip_reason(e: BaseException) -> str:
+    """``path: reason`` of an unreadable sample, for logs and ``bad_samples.txt``: only the path and the
+    reader's own reason (no file bytes, no header values, no library message that could quote them)."""
+    from mxr0.data.xray import XrayReadError
+
+    if isinstance(e, XrayReadError):
+        return f"{e.path}: {e.reason}"
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}{e.strerror or type(e).__name__}"
+    return type(e).__name__
+
+
 class GuardedDataset(torch.utils.data.Dataset):
     """``dataset[i]`` → ``(item, skipped)``: ``skipped`` lists ``"index N: reason"`` for every
     unreadable sample replaced by the next one (empty when ``i`` was fine)."""
@@ -63,7 +76,7 @@ class GuardedDataset(torch.utils.data.Dataset):
             try:
                 return self.dataset[j], skipped
             except errors as e:
-                msg = f"index {j}: {e}"
+                msg = f"index {j}: {_skip_reason(e)}"
                 log.warning("unreadable training sample skipped: %s", msg)
                 skipped.append(msg)
         raise TooManyBadSamplesError(

@@ -2,7 +2,8 @@
 
 Each converter reads a source in its original layout and writes ``<out>/records.jsonl`` (or
 ``records.parquet``) through :func:`mxr0.data.records.write_records`, with image paths relative to
-the records file. Use them from Python::
+the records file and the dataset folders they point into declared as the file's image roots
+(``records.roots.json``, see :mod:`mxr0.data.records`). Use them from Python::
 
     from mxr0.data.sources import convert
     convert("mimic-cxr", root="/data/mimic-cxr-jpg/2.0.0", out="data_cache/mimic")
@@ -94,8 +95,15 @@ def get_converter(name: str) -> Callable[..., Path]:
 
 
 def convert(name: str, root: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
-    """Convert source ``name`` found at ``root`` into records under ``out``; return the records file."""
-    return get_converter(name)(root, out, **options)
+    """Convert source ``name`` found at ``root`` into records under ``out``; return the records file.
+
+    Holds ``out``'s prepare lock (`mxr0.data.records.folder_lock`): a second conversion into the same
+    folder waits for the first (then rewrites the records) or fails with `FolderBusyError`."""
+    from mxr0.data.records import folder_lock
+
+    converter = get_converter(name)
+    with folder_lock(out, what=f"mxr0 prepare {name}"):
+        return converter(root, out, **options)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,4 +135,4 @@ def convert(root: str | os.PathLike, out: str | os.PathLike, *, check_images: bo
     path = records_path(out, fmt)
     records, skips = build_records(root, path.parent, check_images=check_images, show_progress=show_progress)
     log.info("%s: %d studies (skipped: %s)", SOURCE, len(records), skips.summary())
-    return write_records(records, path)
+    return write_records(records, path, roots=[root])

@@ -22,7 +22,9 @@ Labels, report text, split, sex and age come from the first row of a study.
 Privacy: records never receive a DICOM tag other than the view (``ViewPosition`` from
 :func:`mxr0.data.xray.read_dicom_meta`, which returns technical tags only). The ``study_id`` is
 ``dcm-`` + the first 16 hex digits of SHA-256(``salt`` + key) by default (``study_id="hash"``), or the
-CSV key as given (``study_id="key"``: only for keys that are already pseudonymous). PNGs are named
+CSV key as given (``study_id="key"``: only for keys that are already pseudonymous). The salt is random
+by default, kept beside the records in ``.study-id-salt`` (or given with ``salt`` / ``--salt`` /
+``$MXR0_STUDY_ID_SALT``), so the ids cannot be recomputed from patient-derived keys without it. PNGs are named
 ``images/<study_id>/<n>.png``, never after the DICOM file names. Free text in the CSV is copied as
 given: de-identify reports before converting.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import pydicom
@@ -54,7 +57,7 @@ from mxr0.data.sources import (
 from mxr0.data.sources.sections import split_sections
 from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray, write_png
 
-__all__ = ["build_records", "convert", "hashed_study_id"]
+__all__ = ["build_records", "convert", "hashed_study_id", "study_id_salt"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,34 @@ TEXT_COLUMNS = ("report", "report_text", "text")
 _SPLITS = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
            "validate": "validation", "test": "test"}
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F", "": "", "o": "", "u": "", "unknown": ""}
+
+
+SALT_FILE = ".study-id-salt"
+SALT_ENV = "MXR0_STUDY_ID_SALT"
+
+
+def study_id_salt(out_dir: str | os.PathLike, salt: str | None = None) -> str:
+    """The salt of the hashed study ids: ``salt`` when given (non-empty), else ``$MXR0_STUDY_ID_SALT``,
+    else the one kept in ``out_dir/.study-id-salt``, else a new random one written there (mode 0600), so
+    that reruns into the same folder keep the same ids. It is never logged nor put in model cards."""
+    if salt:
+        return salt
+    if os.environ.get(SALT_ENV):
+        return os.environ[SALT_ENV]
+    path = Path(out_dir) / SALT_FILE
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        kept = ""
+    if kept:
+        return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(new + "\n")
+    log.info("%s: new random study-id salt kept in %s (keep it private; same folder, same ids)", SOURCE, path)
+    return new
 
 
 def hashed_study_id(key: str, salt: str = "") -> str:
@@ -134,11 +165,16 @@ def _scan_studies(root: Path, show_progress: bool, skips: Skips) -> dict[str, li
 
 def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: str | os.PathLike, *,
                   key: str | None = None, path_column: str | None = None, study_id: str = "hash",
-                  salt: str = "", png_bits: int = 8, show_progress: bool = False) -> tuple[list[dict], Skips]:
-    """Convert the export: write PNGs under ``out_dir/images`` and return the records (see the module docstring)."""
+                  salt: str | None = None, png_bits: int = 8, show_progress: bool = False) -> tuple[list[dict], Skips]:
+    """Convert the export: write PNGs under ``out_dir/images`` and return the records (see the module docstring).
+
+    ``salt`` (see `study_id_salt`; default: the environment's or the folder's own random salt) keys the
+    hashed study ids."""
     root, table, out_dir = Path(root), Path(table), Path(out_dir)
     if study_id not in ("hash", "key"):
         raise ValueError(f"study_id must be 'hash' or 'key', got {study_id!r}")
+    if study_id == "hash":
+        salt = study_id_salt(out_dir, salt)
     rows = list(read_table(table))
     header = list(rows[0][1]) if rows else []
     key = _pick(header, key, KEY_COLUMNS, "study key", table)
@@ -195,7 +231,7 @@ def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: st
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike, key: str | None = None,
-            path_column: str | None = None, study_id: str = "hash", salt: str = "", png_bits: int = 8,
+            path_column: str | None = None, study_id: str = "hash", salt: str | None = None, png_bits: int = 8,
             fmt: str = "jsonl", show_progress: bool = True) -> Path:
     """Convert the DICOM export under ``root`` described by ``table`` into ``out/records.jsonl``."""
     path = records_path(out, fmt)

@@ -255,4 +255,4 @@ def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os
                                    projections=projections, dicom_meta=dicom_meta, frontal_view=frontal_view,
                                    report_only=report_only, unsplit=unsplit, show_progress=show_progress)
     log.info("%s: %d studies (skipped: %s)", SOURCE, len(records), skips.summary())
-    return write_records(records, path)
+    return write_records(records, path, roots=[r for r in (root, images) if r is not None])

@@ -152,4 +152,4 @@ def convert(root: str | os.PathLike, out: str | os.PathLike, *, reports: str | o
     records, skips = build_records(root, path.parent, reports=reports, labeler=labeler,
                                    check_images=check_images, show_progress=show_progress)
     log.info("%s: %d studies (skipped: %s)", SOURCE, len(records), skips.summary())
-    return write_records(records, path)
+    return write_records(records, path, roots=[root])

@@ -210,4 +210,4 @@ def convert(root: str | os.PathLike, out: str | os.PathLike, *, bbox: str | os.P
                                    show_progress=show_progress)
     log.info("%s: %d images, %d boxes (skipped: %s)", SOURCE, len(records),
              sum(len(r["boxes"]) for r in records), skips.summary())
-    return write_records(records, path)
+    return write_records(records, path, roots=[r for r in (root, images) if r is not None])

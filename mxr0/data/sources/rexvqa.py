@@ -204,4 +204,4 @@ def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os
                                    show_progress=show_progress)
     log.info("%s: %d studies, %d questions (skipped: %s)", SOURCE, len(records),
              sum(len(r["qa"]) for r in records), skips.summary())
-    return write_records(records, path)
+    return write_records(records, path, roots=[r for r in (root, images) if r is not None])

@@ -13,10 +13,11 @@ each number was computed.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Sequence
 
 from .chexbert import CheXbert, CheXbertStats
-from .io import pair_reports
+from .io import MAX_REPORT_CHARS, pair_inputs
 from .nlg import METEOR_NOTE, NLG_CONVENTIONS, nlg_stats
 from .ptb import tokenize_corpus
 from .radgraph import RadGraph, RadGraphStats
@@ -99,7 +100,8 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
                      seed: int = 0, uncertain: str = "positive", chexbert_weights=None, radgraph_model=None,
                      skip_missing: bool = False, compare=None, batch_size: int = 32, device: str | None = None,
                      rouge_stemmer: bool = False, trials: int = 10000, chexbert: CheXbert | None = None,
-                     radgraph: RadGraph | None = None, log=None) -> dict:
+                     radgraph: RadGraph | None = None, log=None, allow_partial: bool = False,
+                     max_report_chars: int | None = MAX_REPORT_CHARS) -> dict:
     """Score predicted reports against references; see the module and package docs.
 
     ``bootstrap``: resamples for the 95% percentile intervals (0 = none). ``compare``: a second
@@ -107,19 +109,24 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
     test (``trials`` permutations). ``chexbert``/``radgraph``: already-loaded models (else loaded
     from ``chexbert_weights``/``radgraph_model`` or the caches). Missing model files raise
     :class:`MissingWeightsError` unless ``skip_missing``, which reports the other metrics and says
-    what was skipped and why."""
+    what was skipped and why. ``allow_partial``: score only the studies present on every side (else a
+    study missing on one side is an error); the result's ``pairing`` entry counts and lists the dropped
+    ids. ``max_report_chars``: longer reports are cut to that many characters (0/None: no bound), with
+    a warning and a count under ``pairing``. Warnings go to ``log`` (else :func:`warnings.warn`)."""
     if uncertain not in ("positive", "negative"):
         raise ValueError(f"uncertain must be 'positive' or 'negative', got {uncertain!r}")
     say = log or (lambda msg: None)
     fams = parse_metrics(metrics)
-    ids, hyps, refs = pair_reports(predictions, references)
+    pairing = pair_inputs(predictions, references, compare=compare, allow_partial=allow_partial,
+                          max_chars=max_report_chars)
+    ids, hyps, refs, hyps_b = pairing.ids, pairing.hyps, pairing.refs, pairing.hyps_b
     if not ids:
         raise ValueError("no report pairs to evaluate")
-    hyps_b = None
-    if compare is not None:
-        ids_b, hyps_b, refs_b = pair_reports(compare, references, pred_name="compared predictions")
-        if ids_b != ids:  # pragma: no cover - pair_reports orders by the references
-            raise ValueError("the compared system does not cover the same studies")
+    for note in pairing.notes():
+        if log is not None:
+            say(f"warning: {note}")
+        else:
+            warnings.warn(note, stacklevel=2)
     skipped: dict[str, str] = {}
     timing: dict[str, float] = {}
 
@@ -193,13 +200,15 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
         say(f"bootstrap ({bootstrap} resamples): {timing['bootstrap']:.1f} s")
     result: dict = {
         "n_studies": len(ids),
+        "pairing": pairing.summary(),
         "metrics_requested": fams,
         "metrics": summarize(values_a, samples),
         "per_label": per_label,
         "skipped": skipped,
         "not_computed": {"meteor": METEOR_NOTE},
         "conventions": _conventions(active, uncertain, rouge_stemmer, radgraph),
-        "settings": {"uncertain": uncertain, "rouge_stemmer": rouge_stemmer, "seed": seed},
+        "settings": {"uncertain": uncertain, "rouge_stemmer": rouge_stemmer, "seed": seed,
+                     "allow_partial": allow_partial, "max_report_chars": pairing.max_chars},
     }
     if samples is not None:
         result["bootstrap"] = {"n_resamples": int(bootstrap), "seed": seed, "unit": "study (report pair)",
@@ -241,7 +250,16 @@ def markdown_report(result: dict, title: str | None = None) -> str:
         lines.append(cells)
     lines.append("")
     n = result["n_studies"]
-    lines.append(f"{n} studies." + (f" Bootstrap: {result['bootstrap']['n_resamples']} resamples of the studies, "
+    pairing = result.get("pairing") or {}
+    extra = ""
+    if pairing.get("n_dropped"):
+        extra += (f" **Partial:** {pairing['n_dropped']} studies without a counterpart were dropped "
+                  f"(--allow-partial: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in pairing["dropped"].items()
+                                                    if v) + ").")
+    if any((pairing.get("truncated") or {}).values()):
+        extra += (f" **Truncated** to {pairing['max_report_chars']} characters: "
+                  + ", ".join(f"{v} {k}" for k, v in pairing["truncated"].items() if v) + ".")
+    lines.append(f"{n} studies." + extra + (f" Bootstrap: {result['bootstrap']['n_resamples']} resamples of the studies, "
                                    f"seed {result['bootstrap']['seed']}, median and 95% percentile interval; corpus "
                                    "metrics recomputed on each resample." if has_ci else ""))
     if "comparison" in result:

@@ -6,7 +6,9 @@
         --chexbert-weights weights/chexbert --radgraph-model weights/radgraph-xl.tar.gz
 
 Files: JSONL with one {"study_id": ..., "report": "..."} per line ("findings" or "text" also
-accepted as the text key), paired by study_id. Metrics: bleu, rouge_l, rouge_l_f1, cider_d,
+accepted as the text key; always read line by line), or a .json file holding a list of such objects
+or a {study_id: text} map; UTF-8. Paired by study_id: a study on one side only is an error unless
+--allow-partial. Reports over --max-report-chars (default 20000) are truncated, with a warning. Metrics: bleu, rouge_l, rouge_l_f1, cider_d,
 chexbert, radgraph, or the groups nlg / all (default). Model files are never downloaded: see
 --chexbert-weights / --radgraph-model (or MXR0_CHEXBERT_WEIGHTS / MXR0_RADGRAPH_MODEL) and
 --skip-missing. Prints a Markdown table; exit status 2 on bad input or missing model files.
@@ -19,13 +21,23 @@ import json
 import sys
 from pathlib import Path
 
+from .io import MAX_REPORT_CHARS
+
 __all__ = ["add_arguments", "main", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the report-evaluation options to ``parser`` (e.g. the ``mxr0 eval reports`` sub-command)."""
-    parser.add_argument("--pred", required=True, help="predicted reports (JSONL/JSON with study_id and report)")
-    parser.add_argument("--ref", required=True, help="reference reports (JSONL/JSON with study_id and report)")
+    parser.add_argument("--pred", required=True,
+                        help="predicted reports: JSONL, one {study_id, report} per line (any name but .json), or a "
+                             ".json list / {study_id: text} map")
+    parser.add_argument("--ref", required=True, help="reference reports (same formats as --pred)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="score only the studies present in both files (default: a study on one side only is "
+                             "an error); the dropped ids are counted in the output and its JSON under 'pairing'")
+    parser.add_argument("--max-report-chars", type=int, default=MAX_REPORT_CHARS, metavar="N",
+                        help="truncate longer reports to N characters, with a warning and a count in the JSON "
+                             f"(default {MAX_REPORT_CHARS}; 0 = no bound: a 10 MB report then takes minutes)")
     parser.add_argument("--out-json", help="write all numbers, settings and conventions as JSON here")
     parser.add_argument("--out-md", help="write the Markdown table here (it is printed either way)")
     parser.add_argument("--metrics", default="all",
@@ -70,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
             args.pred, args.ref, metrics=args.metrics, bootstrap=args.bootstrap, seed=args.seed,
             uncertain=args.uncertain, chexbert_weights=args.chexbert_weights, radgraph_model=args.radgraph_model,
             skip_missing=args.skip_missing, compare=args.compare, batch_size=args.batch_size, device=args.device,
-            rouge_stemmer=args.rouge_stemmer, trials=args.trials, log=log)
+            rouge_stemmer=args.rouge_stemmer, trials=args.trials, log=log,
+            allow_partial=getattr(args, "allow_partial", False),
+            max_report_chars=getattr(args, "max_report_chars", MAX_REPORT_CHARS))
     except MissingWeightsError as e:
         print(f"mxr0 eval reports: {e}", file=sys.stderr)
         return 2

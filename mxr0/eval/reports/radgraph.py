@@ -139,6 +139,58 @@ def _is_model_dir(p: Path) -> bool:
     return (p / "config.json").is_file() and (p / "weights.th").is_file() and (p / "vocabulary").is_dir()
 
 
+_TAR_DATA_FILTER = hasattr(tarfile, "data_filter")  # Python 3.12+, 3.8.17+, 3.9.17+, 3.10.12+, 3.11.4+
+
+
+def _check_tar_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """The members of ``tar`` if every one is safe to extract, else a ValueError naming the archive and the
+    member: our own ``filter="data"`` for Pythons without tar filters (and run on every version, before the
+    filter). Refused: absolute paths, ``..`` components, links whose target (resolved within the archive)
+    is outside it, paths that go through a symbolic link of the archive (the link-chain escape), device
+    files and FIFOs. Setuid/setgid/sticky bits and group/other write permission are cleared."""
+    import posixpath
+
+    def bad_path(name: str) -> str | None:
+        if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+            return "an absolute path"
+        if ".." in name.replace("\\", "/").split("/"):
+            return "a '..' path component"
+        return None
+
+    def outside(path: str) -> bool:  # lexically, relative to the archive root
+        norm = posixpath.normpath(path)
+        return norm == ".." or norm.startswith("../") or posixpath.isabs(norm)
+
+    members = tar.getmembers()
+    symlinks: set[str] = set()
+    for m in members:
+        name = m.name.replace("\\", "/")
+        why = bad_path(name)
+        parts = posixpath.normpath(name).split("/")
+        if why is None and any("/".join(parts[:i]) in symlinks for i in range(1, len(parts))):
+            why = "a path through a symbolic link of the archive"
+        if why is None:
+            if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
+                why = "a device file or FIFO"
+            elif m.islnk():
+                if bad_path(m.linkname) or outside(m.linkname):
+                    why = f"a hard link pointing outside the archive (to {m.linkname!r})"
+            elif m.issym():
+                target = m.linkname.replace("\\", "/")
+                if target.startswith("/") or outside(posixpath.join(posixpath.dirname(name), target)):
+                    why = f"a symbolic link pointing outside the archive (to {m.linkname!r})"
+                symlinks.add(posixpath.normpath(name))
+            elif not (m.isfile() or m.isdir()):
+                why = f"an unsupported member type {m.type!r}"
+        if why:
+            raise ValueError(f"{archive}: refusing to extract member {m.name!r}: {why}. A RadGraph model archive "
+                             "holds only config.json, weights.th and vocabulary/; re-download it "
+                             "(StanfordAIMI/RRG_scorers) or pass an extracted folder you trust with --radgraph-model")
+        if m.isfile() or m.isdir():
+            m.mode &= 0o755
+    return members
+
+
 def _extract(archive: Path) -> Path:
     key = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}".encode()
                          ).hexdigest()[:16]
@@ -147,16 +199,25 @@ def _extract(archive: Path) -> Path:
         return dest
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:*") as tar:
-        try:
-            tar.extractall(tmp, filter="data")
-        except TypeError:  # pragma: no cover - Python without tarfile filters
-            tar.extractall(tmp)  # noqa: S202
-    found = tmp if _is_model_dir(tmp) else next((d for d in tmp.rglob("*") if d.is_dir() and _is_model_dir(d)), None)
-    if found is None:
-        raise ValueError(f"{archive}: no config.json + weights.th + vocabulary/ inside the archive")
     import shutil
 
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = _check_tar_members(tar, archive)
+            if _TAR_DATA_FILTER:
+                tar.extractall(tmp, members=members, filter="data")
+            else:  # checked above, member by member
+                tar.extractall(tmp, members=members)  # noqa: S202
+    except (tarfile.TarError, ValueError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, tarfile.TarError):
+            raise ValueError(f"{archive}: not a readable or safe tar archive ({type(e).__name__}: {e}); re-download "
+                             "it or pass its extracted folder with --radgraph-model") from e
+        raise
+    found = tmp if _is_model_dir(tmp) else next((d for d in tmp.rglob("*") if d.is_dir() and _is_model_dir(d)), None)
+    if found is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"{archive}: no config.json + weights.th + vocabulary/ inside the archive")
     if not dest.exists():
         found.rename(dest)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -23,7 +23,7 @@ Memory is bounded: resamples and trials are processed in chunks of ``chunk`` row
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -141,10 +141,3 @@ def paired_randomization(stats_a: Mapping[str, AdditiveStats], stats_b: Mapping[
     for name, (a, b_) in observed.items():
         out[name] = {"a": a, "b": b_, "delta": b_ - a, "p_value": (1 + exceed[name]) / (1 + trials)}
     return out
-
-
-def ensure_same_length(*seqs: Sequence) -> int:
-    lens = {len(s) for s in seqs}
-    if len(lens) != 1:
-        raise ValueError(f"sequences differ in length: {[len(s) for s in seqs]}")
-    return lens.pop()

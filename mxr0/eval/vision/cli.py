@@ -4,9 +4,8 @@
         --data data_cache/phantom --out runs/xr0-tiny/eval --run xr0=runs/xr0-tiny
     mxr0 eval vision --model rad-dino=microsoft/rad-dino --model xr0=runs/xr0/export \\
         --data /data/mimic/records.parquet --tasks probe knn fairness --cache-dir cache/features
-
-Wire it with ``add_arguments(subparser)`` and ``run(args)``.
 """
+# (the docstring is `mxr0 eval vision --help`'s description.) Wire it with add_arguments(subparser) and run(args).
 
 from __future__ import annotations
 
@@ -76,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, cache_dir=args.cache_dir, seed=args.seed, device=args.device,
     )
     runs = dict(_named(r) for r in args.run) or None
-    res = evaluate_encoders(encoders, args.data, cfg, runs=runs, echo=lambda s: print(s, file=sys.stderr))
+    from mxr0.models.encoder import EncoderSourceError
+
+    try:
+        res = evaluate_encoders(encoders, args.data, cfg, runs=runs, echo=lambda s: print(s, file=sys.stderr))
+    except (EncoderSourceError, FileNotFoundError) as e:  # a --model that is no encoder source (or lacks its
+        # image-processor config), a missing --data: named, no traceback
+        print(f"mxr0 eval vision: {e}", file=sys.stderr)
+        return 1
     print(to_markdown(res))
     if args.out:
         files = write_report(res, args.out)

@@ -199,15 +199,16 @@ def _fingerprint_dir(path: Path) -> str:
 
 
 def load_encoder_spec(spec: str, seed: int = 0, device: str | None = None) -> Encoder:
-    """``PATH`` or Hub id (a DINOv2-family checkpoint with an image-processor config), or
-    ``random:PATH`` for the same architecture and transform at random initialisation."""
-    from mxr0.data.transforms import ImageTransform
-    from mxr0.models.encoder import load_encoder, random_like
+    """``PATH`` or Hub id of any encoder source `mxr0.models.encoder.load_encoder` accepts (an XR-0 /
+    DINOv2 / RAD-DINO encoder, a classifier, an alignment dual encoder or a report / VLM export: their
+    vision tower) with an image-processor config, or ``random:PATH`` for the same encoder architecture and
+    transform at random initialisation."""
+    from mxr0.models.encoder import encoder_transform, load_encoder, random_like
 
     random = spec.startswith("random:")
     src = spec[len("random:"):] if random else spec
-    transform = ImageTransform.from_pretrained(src)
-    model = random_like(src, seed=seed) if random else load_encoder(src)
+    model = random_like(src, seed=seed) if random else load_encoder(src)  # first: names an unknown kind of source
+    transform = encoder_transform(src)
     model.eval()
     if device:
         model.to(device)

@@ -54,12 +54,6 @@ def trainable_labels(targets: np.ndarray, mask: np.ndarray, min_per_class: int =
     return np.array(keep, dtype=int)
 
 
-def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    mu = train.mean(0, keepdims=True)
-    sd = train.std(0, keepdims=True) + 1e-6
-    return [(x - mu) / sd for x in (train, *others)]
-
-
 @dataclass
 class ProbeSweep:
     """The result of a sweep: settings, validation curves and the chosen setting's weights."""
