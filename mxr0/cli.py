@@ -27,6 +27,7 @@
                                                 the export + a model card to the Hugging Face Hub (private)
     mxr0 push runs/tiny-classify --repo-id ORG/NAME --card-only README.md   the card only, no upload
     mxr0 config show RECIPE [overrides]         every field with its value and documentation
+    mxr0 serve --model runs/tiny-report/export [--align A] [--classifier C]   OpenAI-compatible API + web page
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _cmd_prepare(args) -> int:
 
     t0 = time.perf_counter()
     path = generate_phantom(out, n_studies=args.n, image_size=args.size, seed=args.seed,
-                            overwrite=args.overwrite, progress=True)
+                            overwrite=args.overwrite, progress=True, prior_fraction=args.prior_fraction)
     print(f"[mxr0] phantom records: {path} ({time.perf_counter() - t0:.1f} s)")
     if args.preview:
         preview_grid(path, args.preview)
@@ -86,6 +87,9 @@ def _cmd_prepare(args) -> int:
 
 _QA_BOX_SOURCES = ("slake", "vqa-rad", "rexvqa", "medical-diff-vqa", "ms-cxr", "nih-boxes", "vindr-cxr",
                    "rsna-pneumonia")
+
+
+_MASK_SOURCES = ("jsrt", "siim-acr", "chexmask", "tbx11k", "covid-notes", "mura")
 
 
 def _prepare_source(args, out: str) -> int:
@@ -114,16 +118,36 @@ def _prepare_source(args, out: str) -> int:
             opts["xray_only"] = args.xray_only
         elif args.source == "vqa-rad" and args.all_organs:
             opts["organs"] = None
-        elif args.source == "nih-boxes" and args.data_entry:
-            opts["data_entry"] = args.data_entry
+        elif args.source == "nih-boxes":
+            if args.data_entry:
+                opts["data_entry"] = args.data_entry
+            opts["all_images"] = args.all_images
         elif args.source == "vindr-cxr":
             opts.update(readers=args.readers, sizes=args.sizes)
-    elif args.source == "dicom-folder":
+    elif args.source in ("dicom-folder", "folder-csv"):
         if not args.table:
-            print("mxr0 prepare dicom-folder: --table (the CSV of studies) is required", file=sys.stderr)
+            print(f"mxr0 prepare {args.source}: --table (the CSV of studies) is required", file=sys.stderr)
             return 2
         opts.update(table=args.table, key=args.key, path_column=args.path_column, study_id=args.study_id,
-                    salt=args.salt)
+                    salt=args.salt, anatomy_column=args.anatomy_column)
+        if args.default_anatomy:
+            opts["default_anatomy"] = args.default_anatomy
+    elif args.source == "merge":
+        if not args.ms_cxr:
+            print("mxr0 prepare merge: --ms-cxr (the records of `mxr0 prepare ms-cxr`) is required; --root is the "
+                  "records of `mxr0 prepare mimic-cxr`", file=sys.stderr)
+            return 2
+        opts.update(ms_cxr=args.ms_cxr, check_laterality=not args.no_check_laterality)
+    elif args.source in _MASK_SOURCES:  # jsrt, siim-acr, chexmask, tbx11k, covid-notes, mura
+        opts.update(check_images=not args.no_check_images)
+        if args.images and args.source in ("jsrt", "siim-acr", "chexmask", "tbx11k"):
+            opts["images"] = args.images
+        if args.table and args.source in ("siim-acr", "chexmask"):
+            opts["table"] = args.table
+        elif args.table and args.source == "tbx11k":
+            opts["annotations"] = args.table
+        if args.source == "chexmask":
+            opts.update(dataset=args.chexmask_dataset, min_rca=args.min_rca)
     t0 = time.perf_counter()
     try:
         path = convert(args.source, args.root, out, **opts)
@@ -215,7 +239,9 @@ def _generate(args) -> int:
     if args.image:
         text = generate_study(args.model, args.image, views=args.view or None, indication=args.indication,
                               technique=args.technique, comparison=args.comparison, stream=True,
-                              max_new_tokens=args.max_new_tokens, revision=args.revision)
+                              max_new_tokens=args.max_new_tokens, revision=args.revision,
+                              prior_image=args.prior_image, prior_report=args.prior_report,
+                              prior_view=args.prior_view)
         if not text:
             print("(empty report)")
         return 0
@@ -271,6 +297,25 @@ def _generate_task(args) -> int:
         f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "/" not in k))
     if args.overlay:
         print(f"[mxr0] overlays in {args.overlay}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        from mxr0.serve.app import serve
+    except ImportError as e:
+        print(f"mxr0 serve: {e.name or e} is missing: install the serve extra (pip install -e '.[serve]')", file=sys.stderr)
+        return 1
+    from mxr0.generate import ModelNotFound
+
+    try:
+        serve(args.model, align=args.align, classifier=args.classifier, host=args.host, port=args.port,
+              token=args.token or os.environ.get("MXR0_SERVE_TOKEN") or None, cors_origins=args.cors_origin,
+              max_batch=args.max_batch, max_queue=args.max_queue, max_body_mb=args.max_body_mb, device=args.device,
+              name=args.name)
+    except (ModelNotFound, FileNotFoundError, ValueError, OSError) as e:
+        print(f"mxr0 serve: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -344,9 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     pr = sub.add_parser("prepare", help="convert a source into canonical study records")
-    pr.add_argument("source", help="phantom, iu-xray, mimic-cxr, chexpert, dicom-folder, slake, vqa-rad, rexvqa, "
-                    "medical-diff-vqa, ms-cxr, nih-boxes, vindr-cxr, rsna-pneumonia, or cache (resize the "
-                    "images of the records at --root; needs --cache-size)")
+    pr.add_argument("source", help="phantom, iu-xray, mimic-cxr, chexpert, dicom-folder, folder-csv, slake, vqa-rad, "
+                    "rexvqa, medical-diff-vqa, ms-cxr, nih-boxes, vindr-cxr, rsna-pneumonia, tbx11k, jsrt, siim-acr, "
+                    "chexmask, covid-notes, mura, or cache (resize the images and masks of the records at --root; "
+                    "needs --cache-size)")
     pr.add_argument("--out", default=None, help="output folder (default data_cache/<source>)")
     pr.add_argument("--n", type=int, default=2000, help="phantom: studies to draw")
     pr.add_argument("--size", type=int, default=128, help="phantom: image side in pixels")
@@ -354,12 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="phantom: draw again even if the same set exists; "
                     "--cache-size: rebuild a cache made with other settings")
     pr.add_argument("--preview", help="phantom: write a contact sheet PNG with boxes drawn")
+    pr.add_argument("--prior-fraction", type=float, default=0.0,
+                    help="phantom: share of chest studies drawn as longitudinal pairs (prior image + report, comparison "
+                         "statements); default 0 (none)")
     pr.add_argument("--root", help="the source's dataset folder (all sources but phantom; "
                     "cache: a records file or folder)")
     pr.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="records file format")
     pr.add_argument("--images", help="iu-xray: folder of the PNG images (default ROOT/images); slake, vqa-rad, "
                     "rexvqa, nih-boxes, rsna-pneumonia: the image folder; medical-diff-vqa, ms-cxr: the "
-                    "MIMIC-CXR-JPG folder (defaults: see each converter)")
+                    "MIMIC-CXR-JPG folder; jsrt, siim-acr, chexmask, tbx11k: the image folder (defaults: see each "
+                    "converter)")
     pr.add_argument("--report-only", action="store_true",
                     help="iu-xray: write studies whose images are missing, with no images")
     pr.add_argument("--unsplit", choices=["skip", "train"], default="skip",
@@ -367,13 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--reports", help="mimic-cxr: the mimic-cxr-reports folder (default ROOT/mimic-cxr-reports)")
     pr.add_argument("--labeler", choices=["chexpert", "negbio", "none"], default="chexpert",
                     help="mimic-cxr: which label table to read")
+    pr.add_argument("--ms-cxr", help="merge: the MS-CXR records (file or folder of `mxr0 prepare ms-cxr`); --root "
+                    "is the MIMIC-CXR records folder")
+    pr.add_argument("--no-check-laterality", action="store_true",
+                    help="merge: skip the prior / current mirrored-image check (it reads two images per study)")
     pr.add_argument("--no-check-images", action="store_true",
                     help="mimic-cxr, chexpert and the VQA / box sources: keep records whose image files are absent")
     pr.add_argument("--table", help="dicom-folder: CSV with a study key and label or report columns; ms-cxr, "
-                    "vindr-cxr, nih-boxes: the annotation / box table, when not the default under ROOT")
+                    "vindr-cxr, nih-boxes, siim-acr (RLE table), chexmask (its CSV), tbx11k (COCO json), folder-csv: "
+                    "the annotation / box table, when not the default under ROOT")
     pr.add_argument("--xray-only", action="store_true", help="slake: keep only the X-ray images (not CT / MRI)")
     pr.add_argument("--all-organs", action="store_true", help="vqa-rad: keep head and abdomen too (default chest)")
-    pr.add_argument("--data-entry", help="nih-boxes: Data_Entry_2017*.csv when not under ROOT")
+    pr.add_argument("--data-entry", help="nih-boxes: Data_Entry_2017*.csv (or a wide 0/1 label table) when not "
+                    "under ROOT")
+    pr.add_argument("--all-images", action="store_true", help="nih-boxes: also write every labelled image without "
+                    "boxes")
     pr.add_argument("--readers", choices=["fuse", "all"], default="fuse",
                     help="vindr-cxr: merge overlapping boxes of different radiologists (default) or keep all")
     pr.add_argument("--sizes", help="vindr-cxr: CSV of image_id and width/height (when the DICOMs are absent)")
@@ -381,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--path-column", help="dicom-folder: column of DICOM paths relative to ROOT")
     pr.add_argument("--study-id", choices=["hash", "key"], default="hash",
                     help="dicom-folder: study_id is a hash of the key (default) or the key as given")
+    pr.add_argument("--anatomy-column", help="dicom-folder, folder-csv: CSV column of the body part (default "
+                    "anatomy / body_part / BodyPartExamined; else the DICOM BodyPartExamined tag)")
+    pr.add_argument("--default-anatomy", help="dicom-folder (default chest), folder-csv (default other): anatomy of "
+                    "studies with no body part at all")
+    pr.add_argument("--chexmask-dataset", default="auto", help="chexmask: the source dataset of the CSV "
+                    "(chestx-ray14, chexpert, mimic-cxr, vindr-cxr, padchest; default: from its id column)")
+    pr.add_argument("--min-rca", type=float, default=0.7, help="chexmask: drop masks whose Dice RCA (Mean) is lower")
     pr.add_argument("--salt", default=None, help="dicom-folder: secret salt for the hashed study ids (default: "
                     "$MXR0_STUDY_ID_SALT, else a random salt kept in OUT/.study-id-salt; never logged)")
     pr.add_argument("--cache-size", type=int, default=None,
@@ -435,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--indication", default="")
     g.add_argument("--technique", default="")
     g.add_argument("--comparison", default="")
+    g.add_argument("--prior-image", default=None, help="with --image: the prior study's frontal image (a model trained "
+                   "with model.views containing prior; MAIRA-2 order)")
+    g.add_argument("--prior-view", default="PA", help="view of --prior-image (PA or AP; default PA)")
+    g.add_argument("--prior-report", default="", help="with --prior-image: the prior report text (Findings: … "
+                   "Impression: … headers are read; plain text is the findings)")
     g.add_argument("--data", help="records file or folder (a split is generated)")
     g.add_argument("--split", default="test")
     g.add_argument("--anatomies", nargs="*", default=["chest"])
@@ -457,6 +527,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overlay", default=None, help="box tasks: with --image a PNG path, with --data a folder of PNGs "
                    "(predicted boxes red, reference green)")
     g.set_defaults(fn=cmd_generate)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible endpoint, task endpoints and a web page for exported "
+                        "models (research use only; needs the serve extra)")
+    sv.add_argument("--model", required=True, help="report / instruction VLM export (folder or Hub id)")
+    sv.add_argument("--align", default=None, help="dual-encoder export: zero-shot scores and patch-similarity maps")
+    sv.add_argument("--classifier", default=None, help="classifier export: finding probabilities")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN on /v1/ (default "
+                    "$MXR0_SERVE_TOKEN); required for a non-loopback --host")
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="allow this browser origin (repeatable; default: same origin only)")
+    sv.add_argument("--name", default=None, help="the VLM's model id in the API (default: the run folder's name)")
+    sv.add_argument("--max-batch", type=int, default=16, help="requests per batched generate call")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    sv.add_argument("--max-body-mb", type=float, default=48, help="request size limit in MiB (413 above)")
+    sv.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    sv.set_defaults(fn=cmd_serve)
 
     x = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face folder (LoRA merged)")
     x.add_argument("run_dir", help="a training run folder (holds recipe.yaml and checkpoints/)")

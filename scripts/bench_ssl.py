@@ -36,7 +36,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mxr0.models.encoder import new_encoder  # noqa: E402
-from mxr0.tasks.ssl import SSLMetaArch, SSLModelConfig  # noqa: E402
+from mxr0.config.tasks import SSLModelConfig  # noqa: E402
+from mxr0.models.ssl_meta_arch import SSLMetaArch  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

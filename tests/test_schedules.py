@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mxr0.train.schedules import warmup_cosine
+from mxr0.optim import warmup_cosine
 
 
 def test_warmup_then_cosine():

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mxr0.config.tasks import KINDS  # noqa: F401 (the example kinds a recipe weights; re-exported)
 from mxr0.data.boxes_text import OBJ, TOKEN_BOX, format_boxes, parse_boxes
 
-KINDS = ("report", "vqa", "grounding", "localisation", "grounded_report")
 BOX_KINDS = ("grounding", "localisation", "grounded_report")
 """Kinds whose answers hold boxes: their images are never augmented geometrically (the boxes would move)."""
 FRONTAL, LATERAL = ("PA", "AP", "AP_SUPINE"), ("LATERAL", "LL", "RL")
@@ -66,11 +66,12 @@ def report_answer(record: dict, sections: Sequence[str]) -> str:
 
 
 def study_images(record: dict, views: Sequence[str]) -> list[tuple[str, str]]:
-    """(view name, image path) of the images a study gives for ``views`` (frontal first)."""
+    """(view name, image path) of the images a study gives for ``views`` (frontal first, the prior frontal
+    last: MAIRA-2's order)."""
     cur = [im for im in record["images"] if im.get("role", "current") == "current"]
     prior = [im for im in record["images"] if im.get("role") == "prior" and im["view"] in FRONTAL]
     out = []
-    for v in views:
+    for v in [v for v in views if v != "prior"] + [v for v in views if v == "prior"]:
         pool = {"frontal": [im for im in cur if im["view"] in FRONTAL], "lateral": [im for im in cur if im["view"] in LATERAL],
                 "prior": prior}[v]
         if pool:

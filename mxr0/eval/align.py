@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mxr0.data.boxes import box_mask  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 GROUNDING_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -139,7 +141,8 @@ def zero_shot_metrics(image_emb: torch.Tensor, label_rows: Sequence[dict], encod
                       logit_scale: float, prompts: dict | None = None, labels: Sequence[str] | None = None) -> dict:
     """AUROC per observation (uncertain excluded, not mentioned = negative) and their mean."""
     from mxr0.data.records import CHEXPERT_LABELS
-    from mxr0.tasks.classify import auroc_table, label_targets
+    from mxr0.data.classify_dataset import label_targets
+    from mxr0.eval.classify import auroc_table
 
     prompts = merged_prompts(prompts)
     labels = list(labels or CHEXPERT_LABELS)
@@ -167,15 +170,6 @@ def similarity_map(patch_emb: torch.Tensor, text_emb: torch.Tensor, grid: tuple[
     sim = F.normalize(patch_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1)
     sim = sim.reshape(1, 1, *grid)
     return F.interpolate(sim, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def box_mask(boxes_model: np.ndarray, size: int) -> np.ndarray:
-    """Union of normalised model-frame boxes as a [size, size] bool mask (pixel centres inside)."""
-    c = (np.arange(size) + 0.5) / size
-    mask = np.zeros((size, size), dtype=bool)
-    for x0, y0, x1, y1 in np.asarray(boxes_model, dtype=np.float64).reshape(-1, 4):
-        mask |= ((c[:, None] >= y0) & (c[:, None] < y1)) & ((c[None, :] >= x0) & (c[None, :] < x1))
-    return mask
 
 
 def miou_over_thresholds(sim: np.ndarray, target: np.ndarray, thresholds: Sequence[float] = GROUNDING_THRESHOLDS) -> float:

@@ -31,7 +31,8 @@ def evaluate_export(model_dir: str | Path, records: list[dict], views: list[str]
     from mxr0.data.transforms import ImageTransform
     from mxr0.eval.align import alignment_metrics, save_overlay
     from mxr0.models.dual_encoder import image_outputs
-    from mxr0.tasks.align import AlignDataset, TextCollator, make_text_encoder
+    from mxr0.data.align_dataset import AlignDataset, TextCollator
+    from mxr0.models.dual_encoder import make_text_encoder
 
     model_dir = Path(model_dir)
     settings_file = model_dir / "mxr0_align.json"

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mxr0.data.classify_dataset import StudyImageDataset
+from mxr0.data.transforms import ImageTransform
+
 
 def evaluate_classifier(model_dir: str | Path, records: list[dict], batch_size: int = 64,
                         views: list[str] | None = None, device: str | None = None) -> dict[str, float]:
@@ -18,8 +21,6 @@ def evaluate_classifier(model_dir: str | Path, records: list[dict], batch_size: 
     model (``mxr0_labels.json``; U-Ones and blank-as-negative when absent)."""
     from transformers import AutoModelForImageClassification
 
-    from mxr0.data.transforms import ImageTransform
-    from mxr0.tasks.classify import StudyImageDataset, auroc_table
 
     model_dir = Path(model_dir)
     model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
@@ -55,3 +56,19 @@ def markdown_table(metrics: dict, title: str = "") -> str:
     if "policy" in metrics:
         lines += ["", f"{int(metrics.get('n_studies', 0))} studies; label policy: {metrics['policy']}; chance = 0.5."]
     return "\n".join(lines)
+
+
+def auroc_table(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """Per-label AUROC (labels with both classes among valid entries) and their mean."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float] = {}
+    for j, name in enumerate(labels):
+        valid = mask[:, j] > 0
+        y = targets[valid, j]
+        if y.min(initial=1) == y.max(initial=0):
+            continue
+        out[f"auroc/{name}"] = float(roc_auc_score(y, scores[valid, j]))
+    if out:
+        out["mean_auroc"] = float(np.mean(list(out.values())))
+    return out

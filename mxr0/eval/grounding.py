@@ -24,22 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mxr0.data.boxes import as_boxes, box_iou, box_mask  # noqa: F401 (box_iou re-exported)
+
 GRID = 512
 
 
-def _as_boxes(b) -> np.ndarray:
-    return np.asarray(b, dtype=np.float64).reshape(-1, 4)
-
-
-def box_iou(a, b) -> np.ndarray:
-    """Pairwise IoU [len(a), len(b)] of two box arrays."""
-    a, b = _as_boxes(a), _as_boxes(b)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+_as_boxes = as_boxes
 
 
 def region_iou(pred, ref, grid: int = GRID) -> float:
@@ -49,8 +39,6 @@ def region_iou(pred, ref, grid: int = GRID) -> float:
         return float(len(pred) == 0 and len(ref) == 0)
     if len(pred) == 1 and len(ref) == 1:
         return float(box_iou(pred, ref)[0, 0])
-    from mxr0.eval.align import box_mask
-
     mp, mr = box_mask(np.clip(pred, 0, 1), grid), box_mask(np.clip(ref, 0, 1), grid)
     union = np.logical_or(mp, mr).sum()
     return float(np.logical_and(mp, mr).sum() / union) if union else 0.0

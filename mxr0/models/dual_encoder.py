@@ -129,3 +129,21 @@ class AlignModel(nn.Module):
 def default_logit_scale(kind: str) -> float:
     """CLIP starts at temperature 0.07, SigLIP at scale 10 (log values)."""
     return math.log(1 / 0.07) if kind == "clip" else math.log(10.0)
+
+
+def make_text_encoder(dual: nn.Module, tokenizer, max_length: int, batch_size: int = 64):
+    """Texts → L2-normalised embeddings (CPU float), batched, with the model in its current mode."""
+
+
+    device = next(dual.parameters()).device
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> torch.Tensor:
+        out = []
+        for s in range(0, len(texts), batch_size):
+            tok = tokenizer(list(texts[s:s + batch_size]), padding="longest", truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+            out.append(F.normalize(text_embeddings(dual, tok["input_ids"], tok["attention_mask"]).float(), dim=-1).cpu())
+        return torch.cat(out)
+
+    return encode

@@ -16,141 +16,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from mxr0.config import ConfigError
-from mxr0.data.loading import load_split, select_image
+from mxr0.data.loading import load_split
 from mxr0.data.records import CHEXPERT_LABELS
 from mxr0.tasks.base import CardInfo, Task
+from mxr0.config.tasks import ClassifyModelConfig
+from mxr0.eval.classify import auroc_table
+from mxr0.data.classify_dataset import StudyImageDataset, label_targets  # noqa: F401 (moved; re-exported)
+from mxr0.losses.bce import masked_bce  # noqa: F401 (moved; re-exported)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClassifyModelConfig:
-    """The encoder, its head and the label policy."""
-
-    encoder: str = ""
-    """Path or Hub id of a DINOv2-family checkpoint (e.g. microsoft/rad-dino); empty builds a new
-    Dinov2WithRegisters encoder from ``encoder_config``."""
-    encoder_config: dict = field(default_factory=dict)
-    """Dinov2WithRegistersConfig arguments for a new encoder (hidden_size, num_hidden_layers, …)."""
-    image_size: int = 224
-    """Input side for a new encoder (a pretrained one uses its image-processor config)."""
-    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    """Normalisation mean for a new encoder."""
-    image_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
-    """Normalisation std for a new encoder."""
-    freeze_encoder: bool = False
-    """Train only the head (linear probe) when true."""
-    labels: list[str] = field(default_factory=list)
-    """CheXpert observations to predict; empty: every observation with positives and negatives in
-    the training split."""
-    uncertain: Literal["ones", "zeros", "ignore"] = "ones"
-    """Uncertain labels (-1) as positive (U-Ones), negative (U-Zeros) or masked out."""
-    blank: Literal["zeros", "ignore"] = "zeros"
-    """Not-mentioned labels as negative or masked out."""
-    augment: bool = True
-    """Light training augmentation (`mxr0.data.augment.light_augment`: crop jitter, gamma, contrast; no
-    rotation); never flips, because laterality matters."""
-
-    def __post_init__(self):
-        from mxr0.config import FieldError, check_choices, check_hf_config, check_mean_std, check_value
-
-        check_value("image_size", self.image_size, "[1, inf)")
-        check_mean_std(self)
-        check_choices(self, "labels", CHEXPERT_LABELS, note="; [] takes every observation found in training")
-        reserved = {k: "the task sets it from model.labels" for k in ("num_labels", "id2label", "label2id", "problem_type")}
-        reserved["image_size"] = "set model.image_size"
-        enc = check_hf_config(self, "encoder_config", "Dinov2WithRegistersConfig", aliases=("intermediate_size",),
-                              reserved=reserved)
-        if not self.encoder and self.image_size < enc.get("patch_size", 16):
-            raise FieldError("image_size", f"must be >= the patch size {enc.get('patch_size', 16)}", self.image_size)
-
-
-def label_targets(record: dict, labels: list[str], uncertain: str, blank: str) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, mask) float arrays for ``labels`` under the uncertain / blank policy."""
-    y = np.zeros(len(labels), dtype=np.float32)
-    m = np.ones(len(labels), dtype=np.float32)
-    for i, name in enumerate(labels):
-        v = record["labels"].get(name)
-        if v is None:
-            if blank == "ignore":
-                m[i] = 0
-        elif v == -1:
-            if uncertain == "ones":
-                y[i] = 1
-            elif uncertain == "ignore":
-                m[i] = 0
-        else:
-            y[i] = float(v)
-    return y, m
-
-
-class StudyImageDataset(torch.utils.data.Dataset):
-    """One image per study (the first current image of an allowed view), transformed for the model,
-    with multi-label targets and a mask."""
-
-    def __init__(self, records, labels, transform, uncertain="ones", blank="zeros", views=None, augment=False, seed=0):
-        self.items = []
-        skipped = 0
-        for r in records:
-            k = select_image(r, views)
-            if k is None:
-                skipped += 1
-                continue
-            y, m = label_targets(r, labels, uncertain, blank)
-            self.items.append((r["images"][k]["path"], y, m, r["study_id"]))
-        if skipped:
-            log.warning("%d studies have no image of the allowed views %s and are left out", skipped, views)
-        self.transform = transform
-        self.augment = augment
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the loader each epoch: augmentations are a function of (seed, epoch, index)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        from mxr0.data.augment import light_augment, sample_generator
-        from mxr0.data.xray import read_xray
-
-        path, y, m, _ = self.items[i]
-        img = read_xray(path)
-        if self.augment:
-            img = light_augment(img, generator=sample_generator(self.seed, self.epoch, i))
-        return {"pixel_values": self.transform(img), "labels": torch.from_numpy(y), "label_mask": torch.from_numpy(m)}
-
-
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy over the unmasked entries."""
-    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def auroc_table(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str]) -> dict[str, float]:
-    """Per-label AUROC (labels with both classes among valid entries) and their mean."""
-    from sklearn.metrics import roc_auc_score
-
-    out: dict[str, float] = {}
-    for j, name in enumerate(labels):
-        valid = mask[:, j] > 0
-        y = targets[valid, j]
-        if y.min(initial=1) == y.max(initial=0):
-            continue
-        out[f"auroc/{name}"] = float(roc_auc_score(y, scores[valid, j]))
-    if out:
-        out["mean_auroc"] = float(np.mean(list(out.values())))
-    return out
 
 
 class ClassifyTask(Task):

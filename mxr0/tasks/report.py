@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -31,104 +29,10 @@ from mxr0.config import ConfigError
 from mxr0.data.instruct import BOX_KINDS, KINDS, Prompts, report_answer, study_images  # noqa: F401 (re-exported)
 from mxr0.data.loading import load_split
 from mxr0.eval.instruct import main_metric_of
-from mxr0.tasks.base import Task
+from mxr0.tasks.base import CardInfo, Task
+from mxr0.config.tasks import VIEW_CHOICES, ReportModelConfig  # noqa: F401 (VIEW_CHOICES re-exported)
 
 log = logging.getLogger(__name__)
-
-VIEW_CHOICES = ("frontal", "lateral", "prior")
-
-
-@dataclass
-class ReportModelConfig:
-    """The VLM's parts, what trains, and the prompt."""
-
-    init_from: str = ""
-    """A VLM export (e.g. the stage-1 run's ``export/``) to start from; then ``vision`` / ``llm`` are ignored."""
-    vision: str = ""
-    """Path or Hub id of a DINOv2-family encoder (XR-0 export, microsoft/rad-dino, a classifier export);
-    empty builds a new ViT from ``vision_config``."""
-    vision_config: dict = field(default_factory=dict)
-    """Dinov2WithRegistersConfig arguments for a new vision tower."""
-    image_size: int = 224
-    """Input side for a new vision tower (a pretrained one uses its image-processor config)."""
-    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    """Normalisation mean for a new vision tower."""
-    image_std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
-    """Normalisation std for a new vision tower."""
-    llm: str = ""
-    """Path or Hub id of a causal LM (Llama, Qwen2, Phi, Mistral families); empty builds a tiny Llama from
-    ``llm_config`` with a byte-level BPE tokenizer trained on the training reports."""
-    llm_config: dict = field(default_factory=dict)
-    """LlamaConfig arguments for a new LLM (hidden_size, num_hidden_layers, …)."""
-    tokenizer_vocab_size: int = 2000
-    """Vocabulary of a tokenizer trained on the training reports (new LLM only)."""
-    select_strategy: Literal["default", "full"] = "default"
-    """Image tokens: ``default`` = registers + patches (CLS dropped), ``full`` = CLS + registers + patches."""
-    feature_layer: int = -1
-    """Vision hidden state fed to the projector (before the final layer norm; -1 = last block)."""
-    projector_act: str = "gelu"
-    """Activation of the 2-layer MLP projector."""
-    train_vision: Literal["frozen", "full", "lora"] = "frozen"
-    """Vision tower: frozen, fully trained, or LoRA on its attention projections."""
-    train_llm: Literal["frozen", "full", "lora", "qlora"] = "lora"
-    """LLM: frozen (stage 1), full, LoRA (stage 2), or QLoRA (4-bit base, CUDA only)."""
-    train_projector: bool = True
-    """Train the projector."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.05
-    """Dropout on the LoRA branch."""
-    lora_target: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-    """Regex of LLM modules that get LoRA (scoped to the language model: DINOv2 also has q_proj/v_proj)."""
-    vision_lora_target: str = r".*vision_tower.*\.(q_proj|v_proj)"
-    """Regex of vision modules that get LoRA when ``train_vision: lora``."""
-    views: list[str] = field(default_factory=lambda: ["frontal", "lateral"])
-    """Images given to the model, each used when the study has it: ``frontal``, ``lateral`` (current),
-    ``prior`` (prior frontal, with the prior report when the record has ``prior_report``). A study
-    without a frontal image is skipped."""
-    context_sections: list[str] = field(default_factory=lambda: ["indication"])
-    """Report sections given as input (``indication``, ``technique``, ``comparison``)."""
-    target_sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
-    """Sections the model writes, as ``Findings: …`` / ``Impression: …`` lines."""
-    instruction: str = "Write the findings and impression of this chest X-ray report."
-    """The user instruction."""
-    system_prompt: str = ""
-    """Optional system turn."""
-    max_length: int = 512
-    """Token limit of an example (prompt + answer); longer answers are truncated."""
-    augment: bool = True
-    """Light image augmentation in training (never flips)."""
-    group_by_length: bool = True
-    """Batches of similar length (less padding): shuffled megabatches sorted by length."""
-    cache_features: bool = False
-    """Run the frozen vision tower once over every training and evaluation image and reuse its hidden
-    states every epoch (needs ``train_vision: frozen`` and ``augment: false``; kept in RAM as float16,
-    so for small and medium sets: a size estimate over 8 GB is refused)."""
-    eval_generate: int = 48
-    """Evaluation examples per task kind answered by greedy generation (report → finding F1, VQA → accuracy,
-    grounding → IoU, …); 0 disables."""
-    max_new_tokens: int = 160
-    """Generation limit for reports during evaluation and the default for `mxr0 generate`."""
-    tasks: dict[str, float] = field(default_factory=lambda: {"report": 1.0})
-    """Instruction kinds trained together, with sampling weights (share of each epoch): ``report``, ``vqa``,
-    ``grounding``, ``localisation``, ``grounded_report`` (see `mxr0.data.instruct`)."""
-    box_format: Literal["plain", "tokens"] = "plain"
-    """Boxes in text: ``plain`` ``[x1, y1, x2, y2]`` (two decimals) or MAIRA-2 ``tokens`` (``<box><x12>…</box>``,
-    100 bins, added to the tokenizer as special tokens)."""
-    vqa_answer_types: list[str] = field(default_factory=lambda: ["closed", "open"])
-    """VQA questions used: ``closed`` (yes/no, multiple choice) and / or ``open``."""
-    grounding_prompt: str = "Locate this finding: {phrase}."
-    """User turn of phrase grounding (``{phrase}`` is the record's box phrase)."""
-    localisation_prompt: str = "Locate every {label} on this image."
-    """User turn of localisation by finding name (``{label}``: the box label, lower case)."""
-    grounded_instruction: str = ("Write the findings and impression of this chest X-ray report, with a bounding box "
-                                 "after each finding that can be localised.")
-    """User turn of grounded report generation."""
-    max_new_tokens_short: int = 48
-    """Generation limit for VQA answers and box lists."""
-
 
 class ReportDataset(torch.utils.data.Dataset):
     """Chat examples of studies (`mxr0.data.instruct`: report, VQA, grounding, … as ``cfg.tasks`` says): pixel
@@ -357,13 +261,13 @@ class ReportTask(Task):
     def _vision_config(self):
         from transformers import AutoConfig
 
-        from mxr0.models.encoder import new_encoder_config
+        from mxr0.models.encoder import encoder_config, new_encoder_config
 
         c = self.cfg
         if c.init_from:
             return AutoConfig.from_pretrained(c.init_from).vision_config
         if c.vision:
-            return AutoConfig.from_pretrained(c.vision)
+            return encoder_config(c.vision)  # any stage's export: an encoder, a classifier, an alignment / VLM tower
         return new_encoder_config(c.image_size, **c.vision_config)
 
     def build_datasets(self):
@@ -399,6 +303,9 @@ class ReportTask(Task):
         c = self.cfg
         if self.tokenizer is None:
             raise RuntimeError("build_datasets must run before build_model (the tokenizer sizes the LLM)")
+        from mxr0.models.sizing import check_image_token_budget
+
+        check_image_token_budget(c, self.n_image_tokens)  # before loading any weights: images must fit max_length
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if c.init_from:
             model = self._load_vlm(c.init_from)
@@ -552,6 +459,15 @@ class ReportTask(Task):
             return
         save_vlm_export(model, self.tokenizer, self.transform, Path(out_dir), self.cfg, self.n_image_tokens)
 
+    @classmethod
+    def card_info(cls, repo: str, export: Path) -> CardInfo:
+        return CardInfo("image-text-to-text", "a vision-language model that writes radiology reports from images",
+                        _vlm_usage(repo, export, "The exact prompt (views, indication / technique / comparison, "
+                                   "instruction, number of image tokens) is in\n`mxr0_report.json`; `mxr0 generate "
+                                   "--model <downloaded folder> --image frontal.png --image lateral.png`\nbuilds it "
+                                   "and streams a report."),
+                        (HALLUCINATION,))
+
 
 def answer_token_count(labels: torch.Tensor) -> torch.Tensor:
     """Tokens predicted under the loss (label after the shift is not -100)."""
@@ -634,6 +550,10 @@ def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModel
     if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, then merge for the export
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
+    if getattr(model, "generation_config", None) is not None:  # plain `model.generate` stops at the end of the turn
+        from mxr0.data.chat import stop_token_ids
+
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)
     model.save_pretrained(out_dir, safe_serialization=True)
     vcfg = model.config.vision_config
     processor = LlavaProcessor(image_processor=transform.to_image_processor(), tokenizer=tokenizer,
@@ -656,3 +576,41 @@ class InstructTask(ReportTask):
     """The same VLM task under the name recipes for VQA, grounding and task mixtures use (``task: instruct``)."""
 
     name = "instruct"
+
+    @classmethod
+    def card_info(cls, repo: str, export: Path) -> CardInfo:
+        settings = {}
+        try:
+            settings = json.loads((Path(export) / "mxr0_report.json").read_text())
+        except (OSError, ValueError):
+            pass
+        tasks = [k for k, w in (settings.get("tasks") or {}).items() if w]
+        trained = f" (trained on: {', '.join(tasks)})" if tasks else ""
+        return CardInfo(
+            "image-text-to-text",
+            "a radiology vision-language model that follows instructions: visual question answering, grounding "
+            f"and localisation (boxes written as text) and reports{trained}",
+            _vlm_usage(repo, export, "The prompts of each kind (instruction, VQA, grounding and localisation "
+                       "prompts), the box format and the number of image\ntokens are in `mxr0_report.json`; "
+                       "`mxr0 generate --task vqa|grounding|localisation|grounded_report --model <downloaded folder> "
+                       "--image cxr.png --prompt \"...\"`\nbuilds them and parses the boxes of an answer."),
+            (HALLUCINATION, "Boxes are text the model writes, in coordinates of the image as the model saw it (after "
+             "resizing / padding): they can be malformed, misplaced or name findings that are not there; answers to "
+             "questions can be fluent and wrong."))
+
+
+HALLUCINATION = ("Generated text can be fluent and wrong: it may omit findings or describe findings that are not in the "
+                 "image (hallucination), including devices and comparisons with priors.")
+
+
+def _vlm_usage(repo: str, export: Path, prompt_note: str) -> str:
+    adapter = "\nA LoRA adapter (before merging) is in `adapter/`." if (Path(export) / "adapter").exists() else ""
+    return f'''```python
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+repo = "{repo}"
+model = AutoModelForImageTextToText.from_pretrained(repo).eval()   # LlavaForConditionalGeneration
+processor = AutoProcessor.from_pretrained(repo)
+```
+
+{prompt_note}{adapter}'''

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Sampler
 from mxr0.config import ConfigError, Recipe, write_recipe
 from mxr0.tasks import Task, get_task_class
 from mxr0.train.faults import GuardedCollate, GuardedDataset, StopRequest, TooManyBadSamplesError
-from mxr0.train.checkpoint import TrainState, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from mxr0.train.schedules import warmup_cosine
+from mxr0.train.checkpoint import (CheckpointError, TrainState, list_checkpoints, load_checkpoint,
+                                   newest_good_checkpoint, record_loss_check, resolve_checkpoint, save_checkpoint)
+from mxr0.optim import warmup_cosine
 from mxr0.train.trackers import Trackers
 
 log = logging.getLogger("mxr0.train")
@@ -41,7 +42,71 @@ logging.getLogger("accelerate.utils.other").addFilter(_DropTiedWeightNotice())
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training stopped after too many consecutive non-finite losses."""
+    """Training stopped after too many consecutive optimiser steps skipped for a non-finite loss or gradient norm."""
+
+
+def _stop_hint(ckpt_dir: Path) -> str:
+    """Where to resume from after a divergence: the newest good checkpoint (it exists), or that there is none."""
+    good = newest_good_checkpoint(ckpt_dir)
+    if good is None:
+        return f"no good checkpoint exists in {ckpt_dir}: start over (another train.output_dir) with a lower train.lr"
+    return f"the newest good checkpoint is {good}: resume from it with --resume {good} and a lower train.lr"
+
+
+def _resolve_on_main(accelerator, run_dir: Path, resume: str) -> Path | None:
+    """The checkpoint to resume from, chosen and verified (checksums) by the main process alone and handed to every
+    rank; an error there is raised on every rank."""
+    if accelerator.num_processes == 1:
+        return resolve_checkpoint(run_dir, resume)
+    from accelerate.utils import broadcast_object_list
+
+    box: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            found = resolve_checkpoint(run_dir, resume)
+            box[0] = ("ok", None if found is None else str(found))
+        except CheckpointError as e:
+            box[0] = ("error", e)
+    broadcast_object_list(box, from_process=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return None if value is None else Path(value)
+
+
+def _check_gradients(accelerator, model, max_grad_norm: float) -> tuple[float | None, bool]:
+    """``(grad norm, finite)`` of the step's gradients, clipped to ``max_grad_norm`` when it is > 0; every rank
+    agrees on ``finite``. Under DeepSpeed the engine has already stepped inside ``accelerator.backward``:
+    ``finite`` is False when it skipped the step for an overflow (``was_step_applied``) or reports a non-finite
+    global norm (then the weights may have moved: the checkpoint guard keeps them out of checkpoints). With an
+    fp16 GradScaler, the scaler skips inf / NaN steps itself and lowers its scale: always True there."""
+    from accelerate.utils import DistributedType
+
+    finite = True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        wrapped = getattr(accelerator, "deepspeed_engine_wrapped", None)
+        engine = getattr(wrapped, "engine", None)
+        norm = None
+        if engine is not None:
+            if hasattr(engine, "was_step_applied") and not engine.was_step_applied():
+                finite = False
+            try:
+                norm = engine.get_global_grad_norm()
+            except Exception:  # noqa: BLE001 - no norm computed (ZeRO without norm computation)
+                norm = None
+            if norm is not None:
+                norm = float(norm)
+                finite = finite and math.isfinite(norm) and norm >= 0  # DeepSpeed reports inf / NaN as -1
+    else:
+        # clipping off: an infinite bound measures the norm without changing the gradients
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+        if norm is not None:
+            norm = float(norm)
+            finite = math.isfinite(norm) or accelerator.scaler is not None
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+        finite = bool(accelerator.reduce(flag, reduction="sum").item() == 0)
+    return (norm if norm is not None and math.isfinite(norm) else None), finite
 
 
 class EpochSampler(Sampler[int]):
@@ -335,10 +400,12 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     task.setup(total_steps, steps_per_epoch, accelerator)
     set_seed(t.seed, device_specific=True)  # per-rank augmentation streams; a resume restores the saved RNG
     state = TrainState()
+    unchecked_ckpt = None  # the checkpoint written / loaded last, until the next step's loss tells whether it is good
     if resume:
-        ckpt = resolve_checkpoint(run_dir, resume)
+        ckpt = _resolve_on_main(accelerator, run_dir, resume)
         if ckpt is not None:
             state = load_checkpoint(accelerator, ckpt)
+            unchecked_ckpt = ckpt
             log.info("resumed from %s at step %d", ckpt, state.step)
             if is_main:
                 tqdm.write(f"[mxr0] resumed from {ckpt} (step {state.step}/{total_steps})")
@@ -361,7 +428,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     interrupted = False
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
-    window_ok = True
+    window_ok = loss_ok = True  # the accumulation window's losses and gradients were finite
     grad_norm = None
     t_last, samples_last = time.perf_counter(), state.samples
     model.train()
@@ -403,9 +470,14 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
                     grad_norm = None
                     if window_ok:
                         task.before_optimizer_step(model, state.step)
-                        if t.max_grad_norm > 0:
-                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                        optimizer.step()
+                        # a non-finite gradient norm skips the step before the optimizer moves
+                        grad_norm, grads_ok = _check_gradients(accelerator, model, t.max_grad_norm)
+                        if grads_ok:
+                            optimizer.step()
+                        else:
+                            window_ok, loss_ok = False, True
+                    else:
+                        loss_ok = False
                     optimizer.zero_grad(set_to_none=True)
             state.batch_in_epoch += 1
             state.samples += _batch_size(batch) * accelerator.num_processes
@@ -428,23 +500,31 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
                     f"those records, or raise the budget, then resume with --resume (last checkpoint in "
                     f"{run_dir / 'checkpoints'})."
                 )
+            if unchecked_ckpt is not None:  # this step's loss came from the weights of the last checkpoint
+                if is_main:
+                    record_loss_check(unchecked_ckpt, window_ok, state.step)
+                unchecked_ckpt = None
             if window_ok:
                 state.nonfinite_streak = 0
                 task.on_step_end(model, state.step, accelerator)
             else:
                 state.nonfinite_streak += 1
                 state.skipped_steps += 1
+                what = "loss" if not loss_ok else "gradient norm"
                 if is_main:
-                    tqdm.write(f"[mxr0] step {state.step}: non-finite loss, step skipped "
+                    tqdm.write(f"[mxr0] step {state.step}: non-finite {what}, step skipped "
                                f"({state.nonfinite_streak} in a row, limit train.max_nonfinite={t.max_nonfinite})")
                 if state.nonfinite_streak >= t.max_nonfinite:
                     bar.close()
+                    stop.restore()
+                    accelerator.wait_for_everyone()  # the loss check above is on disk before the hint reads it
                     raise NonFiniteLossError(
-                        f"stopped at step {state.step}: the loss was non-finite (NaN/inf) for {state.nonfinite_streak} "
-                        f"optimiser steps in a row. Lower train.lr, enable clipping (train.max_grad_norm), check the "
-                        f"data for broken images, or resume from the last good checkpoint in {run_dir / 'checkpoints'}."
+                        f"stopped at step {state.step}: the loss or its gradients were non-finite (NaN/inf) for "
+                        f"{state.nonfinite_streak} optimiser steps in a row. Lower train.lr, enable clipping "
+                        f"(train.max_grad_norm), check the data for broken images; "
+                        f"{_stop_hint(run_dir / 'checkpoints')}."
                     )
-            window_ok = True
+            window_ok, loss_ok = True, True
             state.step += 1
             bar.update(1)
 
@@ -475,7 +555,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
                     tqdm.write(f"[mxr0] step {state.step} eval: " + _fmt(last_eval))
 
             if t.save_every and state.step % t.save_every == 0 and state.step < total_steps:
-                save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last)
+                saved = save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last, model, optimizer)
+                unchecked_ckpt = saved or unchecked_ckpt
             if flags[1].item() > 0 and state.step < total_steps:
                 interrupted = True
                 break
@@ -487,14 +568,17 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     bar.close()
     stop.restore()
 
-    ckpt = save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last)
+    ckpt = save_checkpoint(accelerator, run_dir / "checkpoints", state, t.keep_last, model, optimizer)
+    if ckpt is None:  # not written: the weights or the last steps were not good
+        ckpt = newest_good_checkpoint(run_dir / "checkpoints")
     if interrupted:
         if is_main:
-            tqdm.write(f"[mxr0] stopped by a signal at step {state.step}/{total_steps}; checkpoint {ckpt}. "
+            where = f"checkpoint {ckpt}" if ckpt else f"no good checkpoint in {run_dir / 'checkpoints'}"
+            tqdm.write(f"[mxr0] stopped by a signal at step {state.step}/{total_steps}; {where}. "
                        f"Continue with: mxr0 train <recipe> --resume")
             trackers.close()
         accelerator.end_training()
-        return {"metrics": {}, "run_dir": str(run_dir), "export_dir": None, "checkpoint": str(ckpt),
+        return {"metrics": {}, "run_dir": str(run_dir), "export_dir": None, "checkpoint": str(ckpt) if ckpt else None,
                 "state": asdict(state), "main_metric": task.main_metric, "num_processes": accelerator.num_processes,
                 "interrupted": True}
     if eval_loader is not None:
@@ -504,7 +588,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict[str, Any]:
     checksums = _rank_checksums(model, accelerator)
     _export(task, model, accelerator, export_dir)
     accelerator.wait_for_everyone()
-    result = {"metrics": last_eval, "run_dir": str(run_dir), "export_dir": str(export_dir), "checkpoint": str(ckpt),
+    result = {"metrics": last_eval, "run_dir": str(run_dir), "export_dir": str(export_dir),
+              "checkpoint": str(ckpt) if ckpt else None,
               "state": asdict(state), "main_metric": task.main_metric, "num_processes": accelerator.num_processes,
               "distributed_type": str(accelerator.distributed_type).split(".")[-1],
               "zero_stage": zero_stage(accelerator), "rank_param_checksums": checksums, "interrupted": False}

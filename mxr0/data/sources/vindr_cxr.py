@@ -56,7 +56,7 @@ from mxr0.data.sources import (
     records_path,
     relative_path,
 )
-from mxr0.eval.grounding import box_iou
+from mxr0.data.boxes import box_iou
 
 __all__ = ["BOX_LABELS", "IMAGE_LABELS", "build_records", "convert", "fuse_boxes", "image_size"]
 

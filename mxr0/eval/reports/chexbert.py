@@ -50,6 +50,14 @@ TOP5_INDEX = tuple(sorted(CONDITIONS.index(c) for c in TOP5))
 BLANK, POSITIVE, NEGATIVE, UNCERTAIN = 0, 1, 2, 3
 
 HUB_REPO, HUB_FILE = "StanfordAIMI/RRG_scorers", "chexbert.pth"
+# bf16 safety rule (CheXbert.label): a report whose bf16 logits have a top-two margin below the threshold in
+# any head is labelled again in fp32. The threshold is the larger of DEFAULT_MARGIN and SAFETY times the
+# largest |bf16 - fp32| logit difference on a calibration sample of the same call: the error scales with the
+# model (0.013 with autocast, 0.027 with bf16 weights for bert-base shapes with random weights on 256 IU
+# X-ray reports; 9.4 for the tiny test stand-in, whose heads are scaled up).
+DEFAULT_MARGIN, DEFAULT_MAX_RELABEL = 0.1, 0.10
+SAFETY, CALIBRATION_SHARE, CALIBRATION_MIN = 4.0, 0.02, 16
+_NO_CLASS = -1e9
 TOKENIZER_ID = "bert-base-uncased"
 
 
@@ -260,6 +268,7 @@ class CheXbert:
 
     def __init__(self, model, tokenizer, device: str = "cpu"):
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.last_run: dict = {}  # what the last ``label`` call ran: precision, reports relabelled in fp32
 
     @classmethod
     def load(cls, weights: str | os.PathLike | None = None, tokenizer: object | None = None,
@@ -291,13 +300,27 @@ class CheXbert:
         return cls(model, tk, device)
 
     def label(self, texts: Sequence[str], batch_size: int = 32, sort_by_length: bool = True,
-              dedupe: bool = True) -> np.ndarray:
+              dedupe: bool = True, precision: str = "fp32", margin: float = DEFAULT_MARGIN,
+              max_relabel: float = DEFAULT_MAX_RELABEL) -> np.ndarray:
         """Head classes (N, 14) int8 for the reports. Reports are sorted by length and grouped into
         batches of at most ``batch_size`` with at most ~10% padded positions (see
         :func:`~mxr0.eval.reports.batching.length_batches`); identical texts are labelled once.
         ``batch_size=1, sort_by_length=False, dedupe=False`` is the f1chexbert way (one report per
-        forward pass, in input order)."""
+        forward pass, in input order).
+
+        ``precision``: ``"fp32"`` (default), ``"bf16"`` (autocast), ``"bf16-weights"`` (a bf16 copy of
+        the weights) or ``"auto"`` (bf16 where the device has fast bf16, see :mod:`mxr0.precision`).
+        In bf16 the labels do not change. The rule: a calibration sample of the reports (2%, at least 16,
+        spread over the length order) is labelled in both precisions; their fp32 labels are kept and the
+        largest |bf16 - fp32| logit difference on them, times ``SAFETY`` (4), or ``margin`` if larger, is the
+        threshold; every other report whose bf16 logits have a top-two margin below the threshold in any of
+        the 14 heads is labelled again in fp32. ``self.last_run`` records the precision that ran, the
+        calibration, the threshold and how many reports were relabelled. More than ``max_relabel`` of
+        the reports relabelled means bf16 buys little for this model: the labels stay exact and
+        ``last_run["over_cap"]`` (and a warning) say so."""
         import torch
+
+        from mxr0.precision import resolve_precision
 
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -308,20 +331,77 @@ class CheXbert:
         else:
             uniq, inverse = texts, np.arange(len(texts))
         ids = [encode_report(t, self.tokenizer) for t in uniq]
-        out = np.zeros((len(ids), len(CONDITIONS)), dtype=np.int8)
-        pad = self.tokenizer.pad_token_id or 0
+        prec = resolve_precision(precision, self.device)
+        run = {"precision": prec, "requested": precision, "reports": len(ids), "calibration_fp32": 0,
+               "max_abs_logit_diff": None, "threshold": None, "relabelled_fp32": 0, "relabel_fraction": 0.0,
+               "margin": float(margin), "max_relabel": float(max_relabel), "over_cap": False}
         with torch.inference_mode():
-            for idx in length_batches([len(x) for x in ids], batch_size, sort=sort_by_length):
-                L = max(len(ids[i]) for i in idx)
-                x = torch.full((len(idx), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), L), dtype=torch.float)
-                for r, i in enumerate(idx):
-                    x[r, :len(ids[i])] = torch.tensor(ids[i])
-                    mask[r, :len(ids[i])] = 1
-                logits = self.model(x.to(self.device), mask.to(self.device))
-                pred = torch.stack([lg.argmax(dim=1) for lg in logits], dim=1).cpu().numpy()
-                out[idx] = pred
+            logits = self._logits(ids, batch_size, sort_by_length, prec)
+            out = logits.argmax(-1).numpy().astype(np.int8)
+            if prec != "fp32" and len(ids):
+                from mxr0.precision import top2_margin
+
+                n = len(ids)
+                by_len = np.argsort([len(x) for x in ids], kind="stable")
+                k = min(n, max(CALIBRATION_MIN, int(np.ceil(CALIBRATION_SHARE * n))))
+                calib = np.unique(by_len[np.linspace(0, n - 1, k).round().astype(int)])
+                ref = self._logits([ids[i] for i in calib], batch_size, sort_by_length, "fp32")
+                out[calib] = ref.argmax(-1).numpy().astype(np.int8)
+                dev = float((ref - logits[calib])[ref > _NO_CLASS / 2].abs().max())
+                thr = max(float(margin), SAFETY * dev)
+                low = np.flatnonzero((top2_margin(logits).min(dim=1).values < thr).numpy())
+                low = np.setdiff1d(low, calib)
+                if len(low):
+                    out[low] = self._logits([ids[i] for i in low], batch_size, sort_by_length,
+                                            "fp32").argmax(-1).numpy().astype(np.int8)
+                run.update(calibration_fp32=int(len(calib)), max_abs_logit_diff=dev, threshold=thr,
+                           relabelled_fp32=int(len(low)), relabel_fraction=len(low) / n,
+                           over_cap=len(low) / n > max_relabel)
+                if run["over_cap"]:
+                    import warnings
+
+                    warnings.warn(f"CheXbert {prec}: {len(low)} of {n} reports ({100 * len(low) / n:.0f}%, cap "
+                                  f"{100 * max_relabel:.0f}%) had a top-two logit margin below {thr:.3g} (bf16 moved "
+                                  f"logits by up to {dev:.3g} on {len(calib)} calibration reports) and were labelled "
+                                  "again in fp32: the labels are exact but bf16 is little or no faster for this "
+                                  "model; use precision='fp32'", stacklevel=2)
+        self.last_run = run
         return out[np.asarray(inverse)]
+
+    def _logits(self, ids: list[list[int]], batch_size: int, sort_by_length: bool, precision: str):
+        """Logits (n, 14, 4) float32 of the token-id lists (the No Finding head's two missing classes
+        padded with a very negative value)."""
+        import torch
+
+        from mxr0.precision import autocast
+
+        model = self._bf16_weights() if precision == "bf16-weights" else self.model
+        mdtype = torch.bfloat16 if precision == "bf16-weights" else torch.float32
+        out = torch.full((len(ids), len(CONDITIONS), 4), _NO_CLASS)
+        pad = self.tokenizer.pad_token_id or 0
+        for idx in length_batches([len(x) for x in ids], batch_size, sort=sort_by_length):
+            L = max(len(ids[i]) for i in idx)
+            x = torch.full((len(idx), L), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=mdtype)
+            for r, i in enumerate(idx):
+                x[r, :len(ids[i])] = torch.tensor(ids[i])
+                mask[r, :len(ids[i])] = 1
+            with autocast(precision, self.device):
+                logits = model(x.to(self.device), mask.to(self.device))
+            rows = torch.as_tensor(idx)
+            for h, lg in enumerate(logits):
+                out[rows, h, :lg.shape[1]] = lg.float().cpu()
+        return out
+
+    def _bf16_weights(self):
+        m = getattr(self, "_bf16_model", None)
+        if m is None:
+            import copy
+
+            import torch
+
+            m = self._bf16_model = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+        return m
 
 
 def load_chexbert(weights=None, device=None) -> CheXbert:

@@ -29,6 +29,15 @@ scores ``FFNN([a; b; a*b]) + s_a + s_b`` with a null 0 score, and the package's 
 config and tokenizer named in ``config.json`` come from a folder next to the weights
 (``transformer/``), a local path, or the Hugging Face cache; they are never downloaded.
 Reports are batched through the transformer; spans and relations are decoded per report.
+
+**Precision**: ``annotate(..., precision="bf16")`` (autocast), ``"bf16-weights"`` or ``"auto"`` (see
+`mxr0.precision`) runs the transformer in bf16; span, NER and relation scores are computed in fp32 from
+its word vectors. The annotations do not change: a report whose smallest decision margin (top-two NER
+score gap of any span, top-two relation score gap of any kept pair, or the pruner's gap between the last
+kept and the first dropped span) is below the threshold is annotated again with an fp32 transformer. The
+threshold is the larger of ``margin`` and 4x the largest |bf16 - fp32| score difference on a calibration
+sample (2% of the reports, at least 16, annotated in fp32), as for CheXbert. ``self.last_run`` records the
+precision, the calibration, the threshold and how many reports were redone.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ MODEL_TYPES = {"radgraph": "radgraph.tar.gz", "radgraph-xl": "radgraph-xl.tar.gz
                "modern-radgraph-xl": "modern-radgraph-xl.tar.gz"}
 HUB_REPO = "StanfordAIMI/RRG_scorers"
 REWARD_NAMES = ("radgraph_f1_rg_e", "radgraph_f1_rg_er", "radgraph_f1_complete")
+DEFAULT_MARGIN, DEFAULT_MAX_RELABEL = 0.1, 0.10  # as for CheXbert (chexbert.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +368,7 @@ class RadGraph:
         limit = getattr(model.transformer.config, "max_position_embeddings", 512)
         self.segment_len = int(self.max_length) if self.max_length else int(limit)
         self._wp_cache: dict[str, list[int]] = {}
+        self.last_run: dict = {}  # what the last ``annotate`` call ran: precision, reports redone in fp32
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str | None = None) -> "RadGraph":
@@ -414,13 +425,26 @@ class RadGraph:
             self._wp_cache[word] = ids
         return ids
 
-    def _embed_words(self, docs: list[list[str]], batch_size: int):
+    def _bf16_transformer(self):
+        m = getattr(self, "_bf16_tf", None)
+        if m is None:
+            import copy
+
+            import torch
+
+            m = self._bf16_tf = copy.deepcopy(self.model.transformer).to(torch.bfloat16).eval()
+        return m
+
+    def _embed_words(self, docs: list[list[str]], batch_size: int, precision: str = "fp32"):
         """Word vectors of each document: the mean of its word pieces' vectors (mismatched embedder);
         zeros for a word without word pieces. Long documents are folded into segments of
         ``max_length`` as allennlp does; all segments of all documents go through the transformer in
         length-sorted batches."""
         import torch
 
+        from mxr0.precision import autocast
+
+        transformer = self._bf16_transformer() if precision == "bf16-weights" else self.model.transformer
         eff = self.segment_len - self.n_start - self.n_end
         seg_rows: list[list[int]] = []
         piece_row: list[int] = []  # per word piece of every document: its segment row and column
@@ -454,7 +478,8 @@ class RadGraph:
             for r, i in enumerate(idx):
                 x[r, :len(seg_rows[i])] = torch.tensor(seg_rows[i])
                 m[r, :len(seg_rows[i])] = 1
-            h = self.model.transformer(input_ids=x.to(self.device), attention_mask=m.to(self.device))[0]
+            with autocast(precision, self.device):
+                h = transformer(input_ids=x.to(self.device), attention_mask=m.to(self.device))[0]
             states[torch.as_tensor(idx, device=self.device), :Lb] = h.float()
         sums = torch.zeros((w_global, hidden), device=self.device)
         counts = torch.zeros((w_global, 1), device=self.device)
@@ -466,16 +491,17 @@ class RadGraph:
         wv = sums / counts.clamp_min(1)
         return list(torch.split(wv, n_words))
 
-    def _scores(self, words: list[str], wv):
+    def _scores(self, words: list[str], wv, with_margin: bool = False):
         """One document: (spans, NER scores (spans, 1 + labels) with the null column first, indices of
-        the spans kept by the pruner (ascending), relation scores (kept, kept, 1 + labels))."""
+        the spans kept by the pruner (ascending), relation scores (kept, kept, 1 + labels)); with
+        ``with_margin`` also the smallest decision margin (see the module docstring)."""
         import torch
 
         L = len(words)
         W = self.max_span_width
         spans = [(s, e) for s in range(L) for e in range(s, min(s + W, L))]
         if not spans:
-            return spans, None, [], None
+            return (spans, None, [], None, float("inf"), None) if with_margin else (spans, None, [], None)
         st = torch.tensor([s for s, _ in spans], device=self.device)
         en = torch.tensor([e for _, e in spans], device=self.device)
         emb = torch.cat([wv[st], wv[en], self.model.width(en - st)], dim=-1)
@@ -490,10 +516,20 @@ class RadGraph:
                           te[:, None, :] * te[None, :, :]], dim=-1)
         rel = self.model.rel_out(self.model.rel_ff(pair)) + ts[:, None, None] + ts[None, :, None]
         rel = torch.cat([rel.new_zeros((kk, kk, 1)), rel], dim=-1)
-        return spans, ner, top.tolist(), rel
+        if not with_margin:
+            return spans, ner, top.tolist(), rel
+        from mxr0.precision import top2_margin
 
-    def _decode(self, words: list[str], wv) -> dict:
-        spans, ner, top, rel = self._scores(words, wv)
+        margin = float(top2_margin(ner).min())
+        if kk:
+            margin = min(margin, float(top2_margin(rel).min()))
+        if k < len(spans):
+            v = torch.topk(mention, k + 1).values
+            margin = min(margin, float(v[k - 1] - v[k]))
+        return spans, ner, top.tolist(), rel, margin, mention
+
+    def _decode(self, words: list[str], wv, scores=None) -> dict:
+        spans, ner, top, rel = scores[:4] if scores is not None else self._scores(words, wv)
         if ner is None:
             return {"text": " ".join(words), "entities": {}, "data_source": None, "data_split": "inference"}
         ner_lab = ner.argmax(-1).tolist()
@@ -516,18 +552,72 @@ class RadGraph:
                                       "end_ix": e, "relations": rel_out}
         return {"text": " ".join(words), "entities": entities, "data_source": None, "data_split": "inference"}
 
-    def annotate(self, texts: Sequence[str], batch_size: int = 16) -> list[dict]:
-        """RadGraph annotations of each text (empty text -> the package's "None" stand-in)."""
+    def annotate(self, texts: Sequence[str], batch_size: int = 16, precision: str = "fp32",
+                 margin: float = DEFAULT_MARGIN, max_relabel: float = DEFAULT_MAX_RELABEL) -> list[dict]:
+        """RadGraph annotations of each text (empty text -> the package's "None" stand-in).
+
+        ``precision``: ``fp32`` (default), ``bf16``, ``bf16-weights`` or ``auto``; outside fp32 a report
+        whose smallest decision margin is below ``margin`` is annotated again in fp32 (module docstring),
+        so the annotations equal the fp32 ones. More than ``max_relabel`` of the reports redone: a warning
+        (bf16 buys little for this model) and ``last_run["over_cap"]``."""
         import torch
 
+        from mxr0.precision import resolve_precision
+
+        prec = resolve_precision(precision, self.device)
         uniq = list(dict.fromkeys(texts))
         docs = [preprocess_report(t if t else "None", self.model_type) for t in uniq]
         out: dict[str, dict] = {}
+        redo: list[int] = []
+        pending: dict[int, tuple] = {}  # bf16 scores of each report, decided once the threshold is known
+        order = np.argsort([len(d) for d in docs], kind="stable")
+        calib: list[int] = []
+        if prec != "fp32" and uniq:
+            from .chexbert import CALIBRATION_MIN, CALIBRATION_SHARE
+
+            k = min(len(uniq), max(CALIBRATION_MIN, int(np.ceil(CALIBRATION_SHARE * len(uniq)))))
+            calib = sorted({int(order[j]) for j in np.linspace(0, len(uniq) - 1, k).round().astype(int)})
         with torch.inference_mode():
-            order = np.argsort([len(d) for d in docs], kind="stable")
             for s in range(0, len(order), max(batch_size, 1)):
                 idx = order[s:s + batch_size]
-                vecs = self._embed_words([docs[i] for i in idx], batch_size)
+                vecs = self._embed_words([docs[i] for i in idx], batch_size, prec)
                 for i, wv in zip(idx, vecs):
+                    if prec == "fp32":
+                        out[uniq[i]] = self._decode(docs[i], wv)
+                    else:
+                        pending[int(i)] = (wv, self._scores(docs[i], wv, with_margin=True))
+            dev = 0.0
+            for s in range(0, len(calib), max(batch_size, 1)):
+                idx = calib[s:s + batch_size]
+                for i, wv in zip(idx, self._embed_words([docs[i] for i in idx], batch_size, "fp32")):
+                    ref = self._scores(docs[i], wv, with_margin=True)
+                    low = pending.pop(i)[1]
+                    if ref[1] is not None:
+                        dev = max(dev, float((ref[1] - low[1]).abs().max()), float((ref[5] - low[5]).abs().max()))
+                        if ref[2] == low[2] and ref[3].numel():
+                            dev = max(dev, float((ref[3] - low[3]).abs().max()))
+                    out[uniq[i]] = self._decode(docs[i], wv, ref)
+            thr = max(float(margin), 4.0 * dev)
+            for i, (wv, sc) in pending.items():
+                if sc[4] < thr:
+                    redo.append(i)
+                else:
+                    out[uniq[i]] = self._decode(docs[i], wv, sc)
+            for s in range(0, len(redo), max(batch_size, 1)):
+                idx = redo[s:s + batch_size]
+                for i, wv in zip(idx, self._embed_words([docs[i] for i in idx], batch_size, "fp32")):
                     out[uniq[i]] = self._decode(docs[i], wv)
+        frac = len(redo) / len(uniq) if uniq else 0.0
+        self.last_run = {"precision": prec, "requested": precision, "reports": len(uniq),
+                         "calibration_fp32": len(calib), "max_abs_score_diff": dev if calib else None,
+                         "threshold": thr if calib else None, "relabelled_fp32": len(redo), "relabel_fraction": frac,
+                         "margin": float(margin), "max_relabel": float(max_relabel),
+                         "over_cap": prec != "fp32" and frac > max_relabel}
+        if self.last_run["over_cap"]:
+            import warnings
+
+            warnings.warn(f"RadGraph {prec}: {len(redo)} of {len(uniq)} reports ({100 * frac:.0f}%, cap "
+                          f"{100 * max_relabel:.0f}%) had a decision margin below {thr:.3g} and were annotated again "
+                          "in fp32: the annotations are exact but bf16 is little or no faster for this model",
+                          stacklevel=2)
         return [out[t] for t in texts]

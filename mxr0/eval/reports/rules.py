@@ -77,7 +77,8 @@ from mxr0.data.records import CHEXPERT_LABELS
 
 from .chexbert import TOP5, CheXbertStats
 
-__all__ = ["label_report", "label_reports", "finding_f1", "majority_baseline_f1", "labels_to_matrix",
+__all__ = ["label_report", "label_reports", "finding_f1", "majority_baseline_f1", "labels_to_matrix", "change_report",
+           "change_f1", "CHANGE_STATUSES", "CHANGE_LABELS",
            "PATHOLOGIES", "RULES_CONVENTION"]
 
 PATHOLOGIES: tuple[str, ...] = tuple(n for n in CHEXPERT_LABELS if n not in ("Support Devices", "No Finding"))
@@ -351,3 +352,118 @@ def majority_baseline_f1(refs: Sequence[str | Mapping | None], labels: Sequence[
     out = _f1_from_matrices(yp, yt, labels, uncertain)
     out["majority"] = {c: bool(maj[i]) for i, c in enumerate(labels)}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# change statements (longitudinal reports: the current study read against the prior)
+CHANGE_STATUSES: tuple[str, ...] = ("new", "unchanged", "resolved", "worse", "better")
+"""What a report says of a finding compared with the prior study."""
+CHANGE_LABELS: tuple[str, ...] = PATHOLOGIES
+"""Observations a change statement is read for: the 12 pathologies (not Support Devices, not No Finding)."""
+
+CHANGE_CONVENTION = (
+    "per-finding change F1 (mxr0.eval.reports.rules.change_f1): each report is read by change_report into at most "
+    "one status per observation (new / unchanged / resolved / worse / better, or none); references are the truth; "
+    "for each status, TP = pred and ref give the finding that status, FP = pred gives it and ref does not (another "
+    "status or none), FN = ref gives it and pred does not; micro F1 over all statuses and findings; macro = mean "
+    "per-status F1 over the statuses present in the references (zero_division=0)")
+
+_CHANGE_CUES: tuple[tuple[str, re.Pattern], ...] = (
+    ("resolved", re.compile(r"\b(?:resolution|resolved|no\s+longer|(?:has|have)\s+cleared|interval\s+clearing)\b")),
+    ("new", re.compile(r"\b(?:new|newly|interval\s+(?:development|appearance)|development\s+of|(?:has|have)\s+"
+                       r"developed)\b")),
+    ("worse", re.compile(r"\b(?:increas\w*|worse|worsen\w*|enlarging|progress\w*|larger|more\s+extensive)\b")),
+    ("better", re.compile(r"\b(?:decreas\w*|improv\w*|smaller|less\s+extensive|diminish\w*|reduc\w*|resolving|"
+                          r"regress\w*)\b")),
+    ("unchanged", re.compile(r"\b(?:unchanged|stable|persist\w*|no\s+(?:significant\s+|interval\s+|appreciable\s+)?"
+                             r"change\w*|not\s+(?:significantly\s+)?changed|similar|redemonstrat\w*|again\s+"
+                             r"(?:seen|noted|demonstrated)|remains?)\b")),
+)
+_CHANGE_RANK = {"new": 5, "worse": 4, "better": 3, "resolved": 2, "unchanged": 1}
+
+
+def _mention_spans(clause: str) -> dict[str, list[tuple[int, int]]]:
+    found: dict[str, list[tuple[int, int]]] = {}
+    for name, rx in _MENTION_RE.items():
+        spans = [m.span() for m in rx.finditer(clause)]
+        if spans:
+            found[name] = spans
+    if not any(n in found for n in _OTHER_LUNG):
+        spans = [m.span() for m in _DENSITY.finditer(clause)]
+        if spans:
+            found["Lung Opacity"] = spans
+    return found
+
+
+def change_report(text: str | None, hierarchy: bool = True) -> dict[str, str | None]:
+    """The change status of each of `CHANGE_LABELS` in one report: ``new``, ``unchanged``, ``resolved``,
+    ``worse``, ``better`` or ``None`` (no change statement).
+
+    Rules (same sentences, clauses and mentions as :func:`label_report`): a mention takes the status of the
+    nearest change cue in its clause, a cue after the mention counting twice its distance (so "new left
+    effusion and stable cardiomegaly" reads new effusion, unchanged cardiomegaly): resolution ("interval
+    resolution of", "has resolved", "no longer"), new ("new", "newly", "interval development of"), worse
+    ("increased", "worsening", "enlarging", "progression"), better ("decreased", "improving", "smaller",
+    "resolving"), unchanged ("unchanged", "stable", "persistent", "no (significant) change", "not
+    significantly changed", "again seen", "remains"). A negated mention ("No new effusion") states no change
+    unless its cue is a resolution. Several statements on one observation: new > worse > better > resolved >
+    unchanged. With ``hierarchy`` a Consolidation status is given to Lung Opacity when that has none.
+    """
+    out: dict[str, str | None] = {n: None for n in CHANGE_LABELS}
+    for sent in _sentences(text or ""):
+        for clause in _clauses(sent):
+            cues = [(m.start(), m.end(), st) for st, rx in _CHANGE_CUES for m in rx.finditer(clause)]
+            if not cues:
+                continue
+            for name, spans in _mention_spans(clause).items():
+                if name not in out:
+                    continue
+                for s, e in spans:
+                    best = min(cues, key=lambda c: s - c[1] if c[1] <= s else (2 * (c[0] - e) + 1 if c[0] >= e else 0))
+                    st = best[2]
+                    if st != "resolved" and _status(clause, s, e) == 0:
+                        continue
+                    if out[name] is None or _CHANGE_RANK[st] > _CHANGE_RANK[out[name]]:
+                        out[name] = st
+    if hierarchy and out["Consolidation"] is not None and out["Lung Opacity"] is None:
+        out["Lung Opacity"] = out["Consolidation"]
+    return out
+
+
+def change_f1(preds: Sequence[str | Mapping | None], refs: Sequence[str | Mapping | None],
+              labels: Sequence[str] = CHANGE_LABELS) -> dict:
+    """Per-finding change F1 of predicted reports against references (``CHANGE_CONVENTION``).
+
+    ``preds`` / ``refs``: report texts (read by :func:`change_report`) or dicts observation -> status.
+    Returns ``change_f1_micro``, ``change_f1_macro``, ``per_status`` (f1, precision, recall, support),
+    ``n_statements`` (reference statements), ``n``, ``labels`` and ``convention``."""
+    if len(preds) != len(refs):
+        raise ValueError(f"preds and refs must have the same length, got {len(preds)} and {len(refs)}")
+
+    def read(x):
+        return x if isinstance(x, Mapping) else change_report(x)
+
+    tp, fp, fn = (dict.fromkeys(CHANGE_STATUSES, 0) for _ in range(3))
+    for p, t in zip(preds, refs):
+        p, t = read(p), read(t)
+        for name in labels:
+            ps, ts = p.get(name), t.get(name)
+            for bad, field in ((ps, "pred"), (ts, "ref")):
+                if bad is not None and bad not in CHANGE_STATUSES:
+                    raise ValueError(f"{field} status {bad!r} of {name} is not one of {list(CHANGE_STATUSES)}")
+            if ps is not None and ps == ts:
+                tp[ps] += 1
+                continue
+            if ps is not None:
+                fp[ps] += 1
+            if ts is not None:
+                fn[ts] += 1
+    f1 = {s: float(CheXbertStats._f1(tp[s], fp[s], fn[s])) for s in CHANGE_STATUSES}
+    per = {s: {"f1": f1[s], "precision": tp[s] / (tp[s] + fp[s]) if tp[s] + fp[s] else 0.0,
+               "recall": tp[s] / (tp[s] + fn[s]) if tp[s] + fn[s] else 0.0, "support": tp[s] + fn[s]}
+           for s in CHANGE_STATUSES}
+    present = [s for s in CHANGE_STATUSES if per[s]["support"] > 0]
+    return {"change_f1_micro": float(CheXbertStats._f1(sum(tp.values()), sum(fp.values()), sum(fn.values()))),
+            "change_f1_macro": float(np.mean([f1[s] for s in present])) if present else 0.0,
+            "per_status": per, "n_statements": sum(per[s]["support"] for s in CHANGE_STATUSES), "n": len(refs),
+            "labels": list(labels), "convention": CHANGE_CONVENTION}

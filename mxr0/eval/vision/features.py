@@ -12,6 +12,13 @@ does) through the encoder's own `mxr0.data.transforms.ImageTransform`. Features 
 `cached_features` keys a cache file on the encoder (config and weight-file size / mtime, or Hub
 id, or random seed), the transform, the images and the options, so an evaluation sweep (probe
 learning rates, kNN k, heads) costs one feature pass.
+
+Precision: fp32 by default; ``precision="bf16"`` (or ``"auto"``: bf16 where the device has fast bf16,
+see `mxr0.precision`) runs the encoder under bf16 autocast; the features stay float32 arrays. The
+environment variable ``MXR0_FEATURE_PRECISION`` sets it for `cached_features` when no argument is
+given (e.g. ``MXR0_FEATURE_PRECISION=auto mxr0 eval vision ...``). The precision that ran is in
+the result (``arrays["precision"]``) and in the cache key. bf16 features agree with fp32 ones to a
+cosine above 0.99 (tested; ``tests/test_bf16.py``).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ class StudyImages(torch.utils.data.Dataset):
                  uncertain: str = "ones", blank: str = "zeros"):
         from mxr0.data.loading import select_image
         from mxr0.data.records import CHEXPERT_LABELS
-        from mxr0.tasks.classify import label_targets
+        from mxr0.data.classify_dataset import label_targets
 
         self.transform = transform
         self.mask_names = list(masks) if masks else None
@@ -110,17 +117,23 @@ def collate_study_images(items: list[dict]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def encode_loader(backbone, loader, accelerator=None, device=None, last4: bool = False,
-                  patch_layers: list[int] | None = None) -> dict[str, Any]:
+                  patch_layers: list[int] | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Run a frozen backbone over a `StudyImages` loader; arrays in dataset order plus metadata.
 
     With ``accelerator`` the loader may be sharded across ranks (``gather_for_metrics``).
     ``patch_layers``: 1-based block indices whose normed patch maps are returned as ``patches``.
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto``; recorded as ``arrays["precision"]``.
     """
     from mxr0.models.encoder import num_prefix_tokens
+    from mxr0.precision import autocast, resolve_precision
 
     was_training = backbone.training
     backbone.eval()
     device = device or (accelerator.device if accelerator is not None else next(backbone.parameters()).device)
+    prec = resolve_precision(precision, device)
+    if prec == "bf16-weights":
+        raise ValueError("feature extraction runs fp32 or bf16 autocast (precision 'bf16'); 'bf16-weights' would "
+                         "change the weights of a model the caller owns")
     n_prefix = num_prefix_tokens(backbone)
     want_hidden = last4 or bool(patch_layers)
     acc: dict[str, list] = {"cls": [], "mean_patch": [], "index": []}
@@ -133,12 +146,13 @@ def encode_loader(backbone, loader, accelerator=None, device=None, last4: bool =
     try:
         for batch in loader:
             pv = batch["pixel_values"].to(device)
-            out = backbone(pixel_values=pv, output_hidden_states=want_hidden)
+            with autocast(prec, device):
+                out = backbone(pixel_values=pv, output_hidden_states=want_hidden)
             h = out.last_hidden_state.float()
             res = {"cls": h[:, 0], "mean_patch": h[:, n_prefix:].mean(1), "index": batch["index"].to(device)}
             if want_hidden:
                 norm = backbone.layernorm
-                hs = out.hidden_states  # embeddings + one per block, before the final norm
+                hs = [x.float() for x in out.hidden_states]  # embeddings + one per block, before the final norm
                 if last4:
                     res["last4"] = torch.cat([norm(x[:, 0]).float() for x in hs[-4:]], dim=1)
                 if patch_layers:
@@ -157,6 +171,7 @@ def encode_loader(backbone, loader, accelerator=None, device=None, last4: bool =
     arrays = {k: torch.cat(v).numpy() for k, v in acc.items()}
     order = np.argsort(arrays["index"], kind="stable")
     arrays = {k: v[order] for k, v in arrays.items()}
+    arrays["precision"] = prec
     ds = _study_images(loader)
     if ds is not None:
         _attach_meta(arrays, ds)
@@ -220,26 +235,33 @@ def load_encoder_spec(spec: str, seed: int = 0, device: str | None = None) -> En
 
 def cached_features(encoder: Encoder, dataset: StudyImages, cache_dir: str | os.PathLike | None = None,
                     batch_size: int = 64, last4: bool = False, patch_layers: list[int] | None = None,
-                    num_workers: int = 0, device: str | None = None) -> dict[str, Any]:
-    """`encode_loader` over ``dataset``, read from / written to ``cache_dir`` when given."""
+                    num_workers: int = 0, device: str | None = None, precision: str | None = None) -> dict[str, Any]:
+    """`encode_loader` over ``dataset``, read from / written to ``cache_dir`` when given. ``precision``:
+    ``fp32`` / ``bf16`` / ``auto`` (default: ``$MXR0_FEATURE_PRECISION``, else fp32)."""
+    from mxr0.precision import resolve_precision
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    prec = resolve_precision(precision or os.environ.get("MXR0_FEATURE_PRECISION") or "fp32", dev)
     key = None
     if cache_dir is not None:
         desc = {"encoder": encoder.fingerprint, "transform": repr(encoder.transform),
                 "paths": [it["path"] for it in dataset.items], "masks": dataset.mask_names,
                 "last4": last4, "patch_layers": patch_layers, "version": 1}
+        if prec != "fp32":  # fp32 keys stay as before, so existing caches are still found
+            desc["precision"] = prec
         key = hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
         f = Path(cache_dir) / f"features-{key}.npz"
         if f.is_file():
             with np.load(f, allow_pickle=False) as z:
                 arrays: dict[str, Any] = {k: z[k] for k in z.files}
+            arrays["precision"] = prec
             _attach_meta(arrays, dataset)
             log.info("features of %s read from %s", encoder.name, f)
             return arrays
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_study_images)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder.model.to(dev)
-    arrays = encode_loader(encoder.model, loader, device=dev, last4=last4, patch_layers=patch_layers)
+    arrays = encode_loader(encoder.model, loader, device=dev, last4=last4, patch_layers=patch_layers, precision=prec)
     if key is not None:
         f = Path(cache_dir) / f"features-{key}.npz"
         f.parent.mkdir(parents=True, exist_ok=True)
