@@ -219,7 +219,7 @@ def cmd_eval_classify(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from mxr0.generate import ModelNotFound
+    from mxr0.models.download import ModelNotFound
 
     try:
         return _generate(args)
@@ -306,7 +306,7 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         print(f"mxr0 serve: {e.name or e} is missing: install the serve extra (pip install -e '.[serve]')", file=sys.stderr)
         return 1
-    from mxr0.generate import ModelNotFound
+    from mxr0.models.download import ModelNotFound
 
     try:
         serve(args.model, align=args.align, classifier=args.classifier, host=args.host, port=args.port,

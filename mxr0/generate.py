@@ -11,6 +11,10 @@ which honours ``HF_ENDPOINT``, ``HF_TOKEN`` / ``hf auth login``, ``HF_HOME`` and
 The prompt is rebuilt exactly as in training from the export's ``mxr0_report.json`` (views, instruction,
 context sections). Batches are left-padded; a greedy batch gives the same tokens as one-by-one decoding
 (`scripts/bench_generate.py` checks it and measures the speed-up).
+
+Precision: fp32 by default; ``precision="bf16"`` (autocast), ``"bf16-weights"`` or ``"auto"`` (see
+`mxr0.precision`) in `load_vlm` / `generate_split`. Written prediction lines then carry
+``"precision"``. Identity checks (batched against one-by-one) hold in fp32 only: padding changes bf16 results.
 """
 
 from __future__ import annotations
@@ -22,99 +26,10 @@ import re
 from pathlib import Path
 
 import torch
+from mxr0.models.decoding import clean_generation, generate_batch, rank_options  # noqa: F401 (moved; re-exported)
+from mxr0.models.download import ModelNotFound, resolve_model_dir  # noqa: F401 (moved; re-exported)
 
 log = logging.getLogger(__name__)
-
-
-def clean_generation(text: str, tokenizer, generation_config=None) -> str:
-    """Generated text (decoded with its special tokens) up to the first stop token, without special tokens
-    except the box tokens (``<box>``, ``<x12>``, …) of grounding answers.
-
-    The stop and special tokens are the ``tokenizer``'s (`mxr0.data.chat.stop_token_ids`: eos, end-of-turn,
-    ``generation_config.eos_token_id``)."""
-    from mxr0.data.chat import special_token_ids, stop_token_ids, visible_special_tokens
-
-    stops = tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer, generation_config))
-    keep = visible_special_tokens(tokenizer)
-    drop = [t for t in tokenizer.convert_ids_to_tokens(sorted(special_token_ids(tokenizer))) if t and t not in keep]
-    for stop in stops:
-        if stop:
-            text = text.split(stop)[0]
-    if drop:
-        text = re.sub("|".join(re.escape(t) for t in sorted(drop, key=len, reverse=True)), "", text)
-    return text.strip()
-
-
-@torch.no_grad()
-def generate_batch(model, tokenizer, items: list[dict], max_new_tokens: int = 160, num_beams: int = 1,
-                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
-    """Reports for prompt-only dataset items (``input_ids`` and ``pixel_values`` each), left-padded."""
-    from mxr0.data.chat import stop_token_ids
-    from mxr0.tasks.report import ChatCollator
-
-    batch = ChatCollator(tokenizer.pad_token_id, "left")(items)
-    device = next(model.parameters()).device
-    gen_cfg = getattr(model, "generation_config", None)
-    end_ids = stop_token_ids(tokenizer, gen_cfg)
-    kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, eos_token_id=end_ids,
-                  pad_token_id=tokenizer.pad_token_id, use_cache=True)
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p)
-    out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                         pixel_values=batch["pixel_values"].to(device, dtype=next(model.parameters()).dtype), **kwargs)
-    new = out[:, batch["input_ids"].shape[1]:]
-    return [clean_generation(t, tokenizer, gen_cfg) for t in tokenizer.batch_decode(new, skip_special_tokens=False)]
-
-
-class ModelNotFound(FileNotFoundError):
-    """``--model`` is neither a local folder nor a Hub repository that can be downloaded; the message says why."""
-
-
-def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder as it is; a Hub repo id (``OWNER/NAME``) is downloaded to (or found in) the Hugging Face
-    cache with ``snapshot_download`` and its snapshot folder returned. ``revision``: branch, tag or commit."""
-    path = Path(model)
-    if path.exists():
-        if revision:
-            log.warning("--revision %s is ignored: %s is a local folder", revision, path)
-        return path
-    from mxr0.hub import is_hub_id
-
-    name = str(model)
-    if not is_hub_id(name):
-        raise ModelNotFound(f"{name}: no such folder, and not a Hub repo id (OWNER/NAME)")
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
-
-    at = f"{name}@{revision}" if revision else name
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT  # read now, as `mxr0 push` does
-    try:
-        folder = snapshot_download(name, revision=revision, repo_type="model", endpoint=endpoint)
-    except RevisionNotFoundError:
-        raise ModelNotFound(f"{name} has no revision {revision!r} on {endpoint}: pass an existing branch, tag or commit "
-                            "with --revision (or leave it out for main)") from None
-    except GatedRepoError:
-        raise ModelNotFound(f"{at} is gated on {endpoint}: accept its terms on the model page, then log in with "
-                            "`hf auth login` (or set HF_TOKEN)") from None
-    except RepositoryNotFoundError:
-        raise ModelNotFound(f"{at} was not found on {endpoint}, or it is private and this token cannot read it: check "
-                            "the repo id, log in with `hf auth login` (or set HF_TOKEN), or pass a local export "
-                            "folder") from None
-    except LocalEntryNotFoundError as e:
-        if constants.is_offline_mode():
-            raise ModelNotFound(f"{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and offline mode is "
-                                "on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): unset it to download, download it "
-                                f"first with `hf download {name}`, or pass a local export folder") from None
-        raise ModelNotFound(f"{at} could not be downloaded from {endpoint} and is not in the cache "
-                            f"({type(e).__name__}): check the network and HF_ENDPOINT, or pass a local export "
-                            "folder") from None
-    except (HfHubHTTPError, OSError) as e:
-        from mxr0.hub import scrub_tokens
-
-        raise ModelNotFound(scrub_tokens(f"downloading {at} from {endpoint} failed: {type(e).__name__}: {e}")) from None
-    log.info("model %s: %s", at, folder)
-    return Path(folder)
 
 
 def load_settings(model_dir: str | os.PathLike, revision: str | None = None) -> dict:
@@ -129,24 +44,27 @@ def load_settings(model_dir: str | os.PathLike, revision: str | None = None) -> 
     return json.loads(settings_file.read_text())
 
 
-def load_vlm(model_dir: str | os.PathLike, device: str | None = None, revision: str | None = None):
+def load_vlm(model_dir: str | os.PathLike, device: str | None = None, revision: str | None = None,
+             precision: str = "fp32"):
     """(model, tokenizer, transform, settings) of an export from the ``report`` task: a local folder or a Hub
-    repo id (see `resolve_model_dir`)."""
+    repo id (see `resolve_model_dir`). ``precision``: see the module docstring (``model.mxr0_precision``)."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from mxr0.data.transforms import ImageTransform
+    from mxr0.precision import set_model_precision
 
     model_dir = resolve_model_dir(model_dir, revision)
     settings = load_settings(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir)).eval().to(device)
+    set_model_precision(model, precision, device)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     transform = ImageTransform.from_pretrained(str(model_dir))
     return model, tokenizer, transform, settings
 
 
 def _config_from(settings: dict):
-    from mxr0.tasks.report import ReportModelConfig
+    from mxr0.config.tasks import ReportModelConfig
 
     cfg = ReportModelConfig()
     for k, v in settings.items():
@@ -158,15 +76,18 @@ def _config_from(settings: dict):
 def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: str | os.PathLike, batch_size: int = 16,
                    max_new_tokens: int | None = None, num_beams: int = 1, do_sample: bool = False,
                    temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, progress: bool = True,
-                   revision: str | None = None) -> Path:
+                   revision: str | None = None, precision: str = "fp32") -> Path:
     """Write ``{"study_id", "report"}`` lines for ``records`` to ``out_path``; studies already in the file
-    are skipped (resume after an interruption). Each batch is appended and flushed as it completes."""
+    are skipped (resume after an interruption). Each batch is appended and flushed as it completes.
+    Outside fp32 each line also records ``"precision"``."""
     from tqdm.auto import tqdm
 
-    from mxr0.tasks.report import ReportDataset
+    from mxr0.data.report_dataset import ReportDataset
 
-    model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
+    model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision, precision=precision)
     cfg = _config_from(settings)
+    prec = getattr(model, "mxr0_precision", "fp32")
+    tag = {} if prec == "fp32" else {"precision": prec}
     out_path = Path(out_path)
     done: set[str] = set()
     if out_path.exists():
@@ -188,7 +109,7 @@ def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: 
             texts = generate_batch(model, tokenizer, [ds[i] for i in idx], max_new_tokens or cfg.max_new_tokens,
                                    num_beams, do_sample, temperature, top_p)
             for i, text in zip(idx, texts):
-                f.write(json.dumps({"study_id": ds.records[i]["study_id"], "report": text}) + "\n")
+                f.write(json.dumps({"study_id": ds.records[i]["study_id"], "report": text, **tag}) + "\n")
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(idx))
@@ -201,7 +122,7 @@ def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: 
 def write_references(records: list[dict], path: str | os.PathLike, sections: list[str]) -> Path:
     """The reference reports of ``records`` (the sections the model writes) as JSONL keyed by study id, the
     ``--ref`` side of `mxr0 eval reports`."""
-    from mxr0.tasks.report import report_answer
+    from mxr0.data.instruct import report_answer
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,20 +163,51 @@ def _resume_lines(path: Path) -> list[str]:
                          "and run again") from None
 
 
+def prior_sections(text: str) -> dict[str, str]:
+    """A prior report given as text (``--prior-report``) as the record's ``prior_findings`` /
+    ``prior_impression``: split at ``Findings:`` / ``Impression:`` headers (any case) when it has them, else
+    all of it is the findings."""
+
+    text = (text or "").strip()
+    parts = re.split(r"(?i)\b(findings|impression)\s*:", text)
+    if len(parts) == 1:
+        return {"prior_findings": text, "prior_impression": ""}
+    out = {"prior_findings": parts[0].strip(), "prior_impression": ""}
+    for head, body in zip(parts[1::2], parts[2::2]):
+        key = f"prior_{head.lower()}"
+        out[key] = " ".join(x for x in (out[key], body.strip()) if x)
+    return out
+
+
 def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[str] | None = None,
                    indication: str = "", technique: str = "", comparison: str = "", stream: bool = True,
-                   max_new_tokens: int | None = None, revision: str | None = None) -> str:
-    """A report for one study from image files (PNG / JPEG / DICOM), streamed to stdout when ``stream``."""
+                   max_new_tokens: int | None = None, revision: str | None = None,
+                   prior_image: str | os.PathLike | None = None, prior_report: str = "",
+                   prior_view: str = "PA") -> str:
+    """A report for one study from image files (PNG / JPEG / DICOM), streamed to stdout when ``stream``.
+
+    ``prior_image`` (the prior study's frontal image, view ``prior_view``) and ``prior_report`` (its text;
+    `prior_sections`) are given to a model trained with the ``prior`` view (``model.views``), in MAIRA-2's
+    order; a model trained without it ignores them (a warning says so)."""
     from transformers import TextStreamer
 
     from mxr0.data.chat import stop_token_ids
-    from mxr0.tasks.report import ReportDataset
+    from mxr0.data.report_dataset import ReportDataset
 
     model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
     cfg = _config_from(settings)
     views = views or (["PA", "LATERAL", "PA"][: len(images)])
     record = {"study_id": "study", "images": [{"path": str(p), "view": v, "role": "current"} for p, v in zip(images, views)],
               "indication": indication, "technique": technique, "comparison": comparison, "findings": "-", "impression": "-"}
+    if prior_image is not None or prior_report:
+        if "prior" not in cfg.views:
+            log.warning("this model was trained without the prior view (model.views=%s): the prior image and report "
+                        "are ignored", cfg.views)
+        if prior_report and prior_image is None:
+            log.warning("a prior report is shown to the model only with its prior image (--prior-image)")
+        if prior_image is not None:
+            record["images"].append({"path": str(prior_image), "view": prior_view, "role": "prior"})
+        record.update(prior_study_id="prior", **prior_sections(prior_report))
     ds = ReportDataset([record], tokenizer, transform, cfg, int(settings["n_image_tokens"]), train=False, with_answer=False,
                        kinds=["report"])
     if len(ds) == 0:
@@ -286,7 +238,7 @@ def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: s
 
     from mxr0.data.instruct import BOX_KINDS, KINDS
     from mxr0.eval.instruct import score_kind
-    from mxr0.tasks.report import ReportDataset
+    from mxr0.data.report_dataset import ReportDataset
 
     if task not in KINDS:
         raise ValueError(f"--task {task!r}: choose from {list(KINDS)}")
@@ -384,7 +336,7 @@ def ask_image(model_dir: str | os.PathLike, image: str | os.PathLike, task: str,
     ``localisation`` (a finding name). Returns (generated text, boxes normalised to the original image,
     empty for VQA); with ``overlay`` (a PNG path) the boxes are drawn on the image."""
     from mxr0.data.boxes_text import parse_boxes, to_original
-    from mxr0.tasks.report import ReportDataset
+    from mxr0.data.report_dataset import ReportDataset
 
     if task not in ("vqa", "grounding", "localisation"):
         raise ValueError(f"one image with a question / phrase: task must be vqa, grounding or localisation, not {task!r}")
@@ -409,35 +361,3 @@ def ask_image(model_dir: str | os.PathLike, image: str | os.PathLike, task: str,
     return answer, boxes
 
 
-@torch.no_grad()
-def rank_options(model, tokenizer, ds, indices, batch_size: int = 32) -> list[str | None]:
-    """Closed questions answered by ranking their options: each option scored as the assistant's answer by its mean
-    token log-likelihood (teacher-forced, answer tokens and end marker), the best one returned (lm-eval style
-    multiple choice, length-normalised). None for examples without options (open questions)."""
-    from mxr0.data.chat import encode_example
-    from mxr0.tasks.report import ChatCollator
-
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    jobs = []  # (position in indices, option, item)
-    for k, i in enumerate(indices):
-        ex = ds.examples[i]
-        for opt in ex.meta.get("options") or []:
-            ids, labels = encode_example(tokenizer, ds.messages(i), str(opt), ds.n_image_tokens, ds.cfg.max_length)
-            jobs.append((k, str(opt), {"input_ids": ids, "labels": labels, "pixel_values": ds.pixel_values(i), "index": i}))
-    best: dict[int, tuple[float, str]] = {}
-    collate = ChatCollator(tokenizer.pad_token_id, "right")
-    for s in range(0, len(jobs), batch_size):
-        chunk = jobs[s:s + batch_size]
-        b = collate([it for _, _, it in chunk])
-        logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                       pixel_values=b["pixel_values"].to(device, dtype=dtype)).logits.float()
-        labels = b["labels"][:, 1:].to(device)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        mask = labels != -100
-        tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * mask
-        score = (tok.sum(1) / mask.sum(1).clamp_min(1)).tolist()
-        for (k, opt, _), sc in zip(chunk, score):
-            if k not in best or sc > best[k][0]:
-                best[k] = (sc, opt)
-    return [best[k][1] if k in best else None for k in range(len(indices))]

@@ -30,11 +30,12 @@ import os
 import re
 import struct
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from mxr0.models.download import is_hub_id, scrub_tokens  # noqa: F401 (moved; re-exported)
 
 log = logging.getLogger("mxr0.hub")
 
@@ -53,11 +54,8 @@ DISCLAIMER = (
     "radiologist."
 )
 
-_TOKEN_RE = re.compile(r"\b(?:hf|api_org)_[A-Za-z0-9]{8,}\b")
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # an absolute POSIX path that is not part of a URL, a word or a fraction: /a/b..., ~/a..., C:\a...
 _ABS_PATH_RE = re.compile(r"(?<![\w:/.\]\)])(?:~|[A-Za-z]:)?[/\\](?:[\w.@+-]+[/\\])+[\w.@+-]*")
-_LOCAL_PREFIXES = ("runs", "data_cache", "outputs", "output", "checkpoints", "export", "data", "models", "tmp")
 
 
 class HubError(RuntimeError):
@@ -69,15 +67,6 @@ class HubError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 
 
-def scrub_tokens(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace anything that looks like a Hugging Face token (``hf_…``, ``api_org_…``) and the given
-    secrets by ``<redacted>``."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "<redacted>")
-    return _TOKEN_RE.sub("<redacted>", text)
-
-
 def _redact_abs_paths(text: str) -> str:
     """Absolute local paths (which may name users and machines) → ``<local>/<last component>``."""
 
@@ -87,15 +76,6 @@ def _redact_abs_paths(text: str) -> str:
         return f"<local>/{name}" if name else "<local>"
 
     return _ABS_PATH_RE.sub(sub, text)
-
-
-def is_hub_id(value: Any) -> bool:
-    """``org/name`` that is not a local path (exists here, absolute, or under runs/, data_cache/, …)."""
-    if not isinstance(value, str) or not _HUB_ID_RE.match(value):
-        return False
-    if value.split("/")[0] in _LOCAL_PREFIXES or value.startswith("."):
-        return False
-    return not Path(value).exists()
 
 
 def _redact_value(value: Any) -> Any:

@@ -36,3 +36,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PATH="$MXR0_VENV/bin:$PATH"
+
+# Optional: the browser the web-page test drives (tests/test_serve.py), Debian's chromium + chromium-driver (a browser
+# download at run time fails offline). Only as root with apt-get, when missing and MXR0_BROWSER is not 0; a failure
+# is logged and never fails the bootstrap (the test then reports NOT RUN).
+if [ "${MXR0_BROWSER:-1}" != "0" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 \
+   && [ ! -x /usr/bin/chromium ]; then
+  echo "[mxr0] installing chromium + chromium-driver for the browser test (log: $MXR0_VENV/apt-chromium.log)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >"$MXR0_VENV/apt-chromium.log" 2>&1; then
+    echo "[mxr0] chromium could not be installed (see $MXR0_VENV/apt-chromium.log); the browser test will be NOT RUN" >&2
+  fi
+fi

@@ -84,7 +84,8 @@ def _dual(out: Path, tok_dir: Path):
 def _vlm(out: Path, tok_dir: Path):
     from mxr0.data.chat import IMAGE_TOKEN, train_chat_tokenizer
     from mxr0.models.vlm import build_vlm, image_token_count, tiny_causal_lm
-    from mxr0.tasks.report import ReportModelConfig, save_vlm_export
+    from mxr0.config.tasks import ReportModelConfig
+    from mxr0.models.vlm import save_vlm_export
 
     tok = train_chat_tokenizer(TEXTS, vocab_size=300, save_dir=tok_dir)
     torch.manual_seed(3)

@@ -159,7 +159,8 @@ def test_card_eval_tables_fairness_and_base_models(tiny_run, tmp_path):
 
 
 def test_redaction_helpers():
-    from mxr0.hub import is_hub_id, redact_recipe, scrub_tokens
+    from mxr0.hub import redact_recipe
+    from mxr0.models.download import is_hub_id, scrub_tokens
 
     assert is_hub_id("microsoft/rad-dino") and not is_hub_id("runs/xr0") and not is_hub_id("/abs/x")
     assert not is_hub_id("runs/xr0/export") and not is_hub_id("")

@@ -126,7 +126,8 @@ def test_box_scores():
 def test_reference_answers_score_perfectly(phantom_small, fmt):
     """Generating the references themselves scores 1 on every kind: targets, parsing, frames and scores agree."""
     from mxr0.eval.instruct import score_kind
-    from mxr0.tasks.report import ReportDataset, ReportModelConfig
+    from mxr0.config.tasks import ReportModelConfig
+    from mxr0.data.report_dataset import ReportDataset
 
     from mxr0.data.transforms import ImageTransform
 
@@ -156,7 +157,8 @@ def test_boxes_are_written_in_the_model_frame(tmp_path):
 
     from mxr0.data.boxes_text import parse_boxes, to_original
     from mxr0.data.transforms import ImageTransform
-    from mxr0.tasks.report import ReportDataset, ReportModelConfig
+    from mxr0.config.tasks import ReportModelConfig
+    from mxr0.data.report_dataset import ReportDataset
 
     Image.fromarray(np.zeros((100, 200), dtype=np.uint8)).save(tmp_path / "wide.png")
     rec = {"study_id": "s", "images": [{"path": str(tmp_path / "wide.png"), "view": "PA", "role": "current"}],

@@ -154,7 +154,7 @@ def test_ssl_two_processes_equal_one_with_twice_the_batch_in_the_second_epoch(ru
 def test_answer_token_loss_is_the_transformers_causal_lm_loss():
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from mxr0.tasks.report import answer_token_count, answer_token_loss
+    from mxr0.losses.answer import answer_token_count, answer_token_loss
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 9, 17, generator=g)

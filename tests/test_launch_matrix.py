@@ -262,7 +262,7 @@ def _fake_deepspeed_accelerator(ds_config: dict):
 
 def test_deepspeed_config_takes_accumulation_and_clipping_from_the_recipe():
     from mxr0.config import ConfigError, load_recipe
-    from mxr0.train.loop import _configure_deepspeed, shards_parameters, zero_stage
+    from mxr0.distributed import _configure_deepspeed, shards_parameters, zero_stage
 
     recipe = load_recipe(REPO / RECIPES["ssl"], ["train.grad_accum=4"])  # max_grad_norm 3.0
     acc = _fake_deepspeed_accelerator({"gradient_accumulation_steps": "auto", "gradient_clipping": "auto",

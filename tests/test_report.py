@@ -116,9 +116,10 @@ def test_merged_export_generates_the_same_tokens_as_the_adapter_model(lora_run, 
     from transformers import AutoModelForImageTextToText
 
     from mxr0.data.records import read_records
-    from mxr0.generate import generate_batch, load_vlm
+    from mxr0.generate import load_vlm
+    from mxr0.models.decoding import generate_batch
     from mxr0.generate import _config_from
-    from mxr0.tasks.report import ReportDataset
+    from mxr0.data.report_dataset import ReportDataset
 
     root, s1, s2 = lora_run
     merged, tok, transform, settings = load_vlm(s2["export_dir"])

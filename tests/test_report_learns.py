@@ -12,7 +12,7 @@ from mxr0.config import load_recipe
 from mxr0.data.records import read_records
 from mxr0.eval.reports.rules import finding_f1
 from mxr0.generate import generate_split
-from mxr0.tasks.report import report_answer
+from mxr0.data.instruct import report_answer
 from mxr0.train.loop import train
 from tests.conftest import LEARN_COMMON
 

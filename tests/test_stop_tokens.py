@@ -78,7 +78,7 @@ def test_tiny_tokenizer_terminator_is_unchanged():
 
 
 def test_clean_generation_drops_special_tokens_but_keeps_box_tokens(qwen_tok):
-    from mxr0.generate import clean_generation
+    from mxr0.models.decoding import clean_generation
 
     text = "<|im_start|>" + ANSWER + "<image><|im_end|>\n<|im_start|>user\nmore<|endoftext|>"
     assert clean_generation(text, qwen_tok) == ANSWER
@@ -94,7 +94,7 @@ def overfit_vlm(qwen_tok):
 
     from mxr0.models.encoder import new_encoder
     from mxr0.models.vlm import build_vlm, image_token_count
-    from mxr0.tasks.report import ChatCollator
+    from mxr0.data.report_dataset import ChatCollator
 
     torch.manual_seed(0)
     vision = new_encoder(28, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, patch_size=14,
@@ -128,7 +128,7 @@ def overfit_vlm(qwen_tok):
 
 
 def test_generation_stops_at_im_end_and_keeps_box_tokens(qwen_tok, overfit_vlm):
-    from mxr0.generate import generate_batch
+    from mxr0.models.decoding import generate_batch
 
     model, item = overfit_vlm
     # without the end-of-turn stop the overfit model writes the next turn after <|im_end|>

@@ -309,7 +309,7 @@ class AlignModelConfig:
             raise FieldError("gather_with_grad", "needs model.local_loss=true (without gradient through the "
                              "gather, a full loss on every rank trains only on local pairs)", self.gather_with_grad)
         if self.zero_shot_prompts:
-            from mxr0.eval.align import merged_prompts
+            from mxr0.data.prompts import merged_prompts
 
             try:
                 merged_prompts(self.zero_shot_prompts)

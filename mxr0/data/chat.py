@@ -159,14 +159,24 @@ def ensure_image_token(tokenizer) -> int:
 def study_messages(record: dict, image_views: Sequence[str], instruction: str, sections: Sequence[str],
                    system: str = "") -> list[dict]:
     """The user turn of a study: one image part per view (``image_views`` names them, e.g. ["frontal",
-    "lateral", "prior frontal"]), the instruction, then the chosen context sections (indication, …),
-    and the prior report when a prior image is shown."""
+    "lateral", "prior frontal"]), the instruction, then the prior report when a prior image is shown, then the
+    chosen context sections (indication, …).
+
+    With a prior this is MAIRA-2's order: current frontal, current lateral, prior frontal, prior report,
+    indication / technique / comparison (`mxr0.data.instruct.study_images` puts the prior image last). The prior
+    report is `mxr0.data.records.prior_report` of the record (its ``prior_findings`` / ``prior_impression``), or
+    a plain ``prior_report`` text for a dict that is not a record (`mxr0.serve`). Without a prior image the
+    prompt is exactly what it was before priors existed."""
+    from mxr0.data.records import prior_report
+
     content: list[dict] = []
     for view in image_views:
         content += [{"type": "text", "text": f"{view.capitalize()} view: "}, {"type": "image"}, {"type": "text", "text": "\n"}]
     context = [f"{s.capitalize()}: {record[s].strip()}" for s in sections if (record.get(s) or "").strip()]
-    if any(v.startswith("prior") for v in image_views) and record.get("prior_report"):
-        context.append(f"Prior report: {record['prior_report'].strip()}")
+    if any(v.startswith("prior") for v in image_views):
+        prior = prior_report(record) or (record.get("prior_report") or "").strip()
+        if prior:
+            context.insert(0, f"Prior report: {prior}")
     text = instruction + ("\n" + "\n".join(context) if context else "")
     content.append({"type": "text", "text": text})
     messages = [{"role": "system", "content": system}] if system else []

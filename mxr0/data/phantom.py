@@ -46,6 +46,19 @@ Labels (CheXpert / CheXbert convention, ``mxr0.data.records.CHEXPERT_LABELS``)
 - Non-chest studies: every chest observation is ``None`` except Fracture (``1`` / ``-1`` / ``0``)
   and No Finding. Pleural Other is never drawn (always ``None``).
 
+Longitudinal pairs (opt-in: ``generate_phantom(prior_fraction=...)``, ``mxr0 prepare phantom --prior-fraction``)
+----------------------------------------------------------------------------------------------------------
+A share of the chest studies gets the same patient's prior study: the same thorax (the prior's geometry is
+drawn from the current study's stream), its own texture, noise and exposure, and findings that are new
+(absent before), unchanged, worse or better (another size before: effusion, pneumothorax, cardiomegaly,
+edema) or resolved (a finding of the prior only). The record gets the prior frontal image (role ``prior``,
+``images/<id>_prior.png``), ``prior_study_id`` and the prior report (``prior_findings`` / ``prior_impression``);
+its impression states each certain finding's change with varied phrasing ("New small left pleural effusion.",
+"Stable cardiomegaly.", "Interval resolution of the right basilar opacity.", "Increased moderate right pleural
+effusion, previously small."), which `mxr0.eval.reports.rules.change_report` reads back exactly (tested).
+Hedged findings carry no change statement. With ``prior_fraction=0`` (the default) nothing is drawn
+differently: the same records, PNGs and ``phantom.json`` as without the option.
+
 Everything is deterministic: study ``i`` draws from ``numpy.random.SeedSequence([seed, i])`` only, so
 the same arguments give byte-identical records and PNGs whatever the number of worker processes.
 """
@@ -792,13 +805,17 @@ def _location(rt: np.random.Generator, f: _Finding) -> tuple[str, str]:
     return _pick(rt, _LOC[(f.side, f.zone)])
 
 
-def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Device], labels: dict) -> tuple[str, str]:
-    """Findings and impression sentences; sets ``labels`` and each finding's box ``phrase``."""
+def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Device], labels: dict,
+                change=None) -> tuple[str, str]:
+    """Findings and impression sentences; sets ``labels`` and each finding's box ``phrase``.
+
+    ``change`` (longitudinal pairs only) rewrites the impression items ``[(priority, sentence, kind)]`` into
+    comparison statements before they are joined; without it nothing differs from a single study."""
     rt = ctx.rt
     lungs: list[str] = []
     pleura: list[str] = []
     heart: list[str] = []
-    impr: list[tuple[int, str]] = []  # (priority, sentence)
+    impr: list[tuple[int, str, str]] = []  # (priority, sentence, finding kind)
 
     def setl(name: str, certain: bool) -> None:
         labels[name] = 1 if certain else -1
@@ -866,7 +883,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
                 s = s[:-1] + ", which may represent pneumonia."
                 imp = _pick(rt, ["Possible pneumonia in {prep}.", "Pneumonia in {prep} cannot be excluded."]).format(prep=prep)
         lungs.append(_fill(s, f.phrase))
-        impr.append((1, _fill(imp, f.phrase)))
+        impr.append((1, _fill(imp, f.phrase), f.kind))
     if "lesion" in fs:
         f = fs["lesion"]
         adj, prep = _location(rt, f)
@@ -883,7 +900,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
             imp = _pick(rt, ["Possible {p}; consider chest CT.", "Possible {p}."])
         setl("Lung Lesion", f.certain)
         lungs.append(_fill(s, f.phrase))
-        impr.append((4, _fill(imp, f.phrase)))
+        impr.append((4, _fill(imp, f.phrase), f.kind))
     if "edema" in fs:
         f = fs["edema"]
         f.phrase = _pick(rt, [f"{f.size} pulmonary edema", f"{f.size} interstitial pulmonary edema"])
@@ -895,7 +912,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
             imp = "Possible {p}."
         setl("Edema", f.certain)
         lungs.append(_fill(s, f.phrase))
-        impr.append((2, _fill(imp, f.phrase)))
+        impr.append((2, _fill(imp, f.phrase), f.kind))
     if "atelectasis" in fs:
         f = fs["atelectasis"]
         if f.side == "bilateral":
@@ -911,7 +928,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
             imp = "Possible {p}."
         setl("Atelectasis", f.certain)
         lungs.append(_fill(s, f.phrase))
-        impr.append((5, _fill(imp, f.phrase)))
+        impr.append((5, _fill(imp, f.phrase), f.kind))
     # lung negations
     lung_findings = {"opacity", "lesion", "edema", "atelectasis"} & set(fs)
     if not lung_findings:
@@ -958,7 +975,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
         s = _pick(rt, cert if f.certain else uns)
         setl("Pleural Effusion", f.certain)
         pleura.append(_fill(s, f.phrase))
-        impr.append((1, _fill("{P}." if f.certain else "Possible {p}.", f.phrase)))
+        impr.append((1, _fill("{P}." if f.certain else "Possible {p}.", f.phrase), f.kind))
     if "ptx" in fs:
         f = fs["ptx"]
         f.phrase = _pick(rt, [f"{f.size} {f.side} pneumothorax", f"{f.size} {f.side} apical pneumothorax",
@@ -972,7 +989,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
             imp = "Possible {p}."
         setl("Pneumothorax", f.certain)
         pleura.append(_fill(s, f.phrase))
-        impr.append((0, _fill(imp, f.phrase)))
+        impr.append((0, _fill(imp, f.phrase), f.kind))
     eff0, ptx0 = "effusion" not in fs and rt.random() < 0.85, "ptx" not in fs and rt.random() < 0.85
     if eff0 and ptx0:
         pleura.append(_pick(rt, ["No pleural effusion or pneumothorax.", "There is no pleural effusion or pneumothorax.",
@@ -1002,7 +1019,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
             imp = "Possible {p}."
         setl("Cardiomegaly", f.certain)
         heart.append(_fill(s, f.phrase))
-        impr.append((3, _fill(imp, f.phrase)))
+        impr.append((3, _fill(imp, f.phrase), f.kind))
     if "ecm" in fs:
         f = fs["ecm"]
         f.phrase = _pick(rt, ["mediastinal widening", "widening of the superior mediastinum", "widened mediastinum"])
@@ -1015,7 +1032,7 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
             imp = "Possible {p}."
         setl("Enlarged Cardiomediastinum", f.certain)
         heart.append(_fill(s, f.phrase))
-        impr.append((3, _fill(imp, f.phrase)))
+        impr.append((3, _fill(imp, f.phrase), f.kind))
     r = rt.random()
     if "cardiomegaly" not in fs and "ecm" not in fs:
         if r < 0.5:
@@ -1043,8 +1060,10 @@ def _chest_text(ctx: _Ctx, view: str, fs: dict[str, _Finding], devs: list[_Devic
         bones.append("Degenerative changes of the thoracic spine.")
 
     findings = " ".join(dev_s + lungs + pleura + heart + bones)
+    if change is not None:
+        impr = change(impr)
     if impr:
-        items = [s for _, s in sorted(impr, key=lambda t: t[0])]
+        items = [t[1] for t in sorted(impr, key=lambda t: t[0])]
         if devs and rt.random() < 0.5:
             items.append("Support devices in standard position.")
         if len(items) > 1 and rt.random() < 0.5:
@@ -1152,17 +1171,23 @@ def _anatomy_q(rt: np.random.Generator, anatomy: str) -> dict:
     return _qa(q, anatomy, "anatomy", list(PHANTOM_ANATOMIES))
 
 
-def _chest_study(ctx: _Ctx, rec: dict, lateral: bool) -> tuple[list[tuple[np.ndarray, str]], dict[str, np.ndarray]]:
+def _chest_study(ctx: _Ctx, rec: dict, lateral: bool,
+                 pair: "_Pair | None" = None) -> tuple[list[tuple[np.ndarray, str]], dict[str, np.ndarray]]:
     rng, rt = ctx.rng, ctx.rt
     view = "AP" if rng.random() < 0.3 else "PA"
     fs, devs = _sample_chest_findings(ctx, view)
+    if pair is not None:
+        pair.draw_prior(view, fs)
     geo = _chest_geometry(ctx, view, fs)
     frontal, masks = _draw_chest_frontal(ctx, geo, fs, devs)
     images = [(frontal, view)]
     if lateral:
         images.append((_draw_chest_lateral(ctx, geo, fs, devs), "LATERAL"))
     labels = rec["labels"]
-    findings, impression = _chest_text(ctx, view, fs, devs, labels)
+    findings, impression = _chest_text(ctx, view, fs, devs, labels, change=None if pair is None else
+                                       partial(pair.rewrite, fs=fs))
+    if pair is not None:
+        pair.resolved_labels(labels)
     path = any(labels[n] in (1, -1) for n in _PATHOLOGY)
     labels["No Finding"] = 0 if path else 1
     for f in fs.values():
@@ -1181,7 +1206,139 @@ def _chest_study(ctx: _Ctx, rec: dict, lateral: bool) -> tuple[list[tuple[np.nda
     rec.update(indication=_chest_indication(rt, fs, devs), technique=technique, findings=findings,
                impression=impression, comparison=_comparison(rt, "chest radiograph"))
     rec["qa"] = _chest_qa(ctx, view, fs, labels)
+    if pair is not None:
+        rec["comparison"] = _pick(pair.rng, ["Chest radiograph of ___.", "Prior chest radiograph of ___.",
+                                             "Comparison is made to the prior study of ___.", "___."])
     return images, masks
+
+
+# =============================================================================================
+# Chest: longitudinal pairs (opt-in: ``generate_phantom(prior_fraction=...)``)
+# =============================================================================================
+_SIZES = {"cardiomegaly": ("mild", "moderate", "marked"), "effusion": ("small", "moderate", "large"),
+          "ptx": ("small", "moderate", "large"), "edema": ("mild", "moderate")}
+"""Findings whose size can change between the prior and the current study (smallest first)."""
+_RESOLVABLE = ("opacity", "effusion", "ptx", "atelectasis", "edema")
+CHANGE_STATUSES: tuple[str, ...] = ("new", "unchanged", "resolved", "worse", "better")
+"""What a longitudinal pair's report says of each certain finding (`mxr0.eval.reports.rules.change_report`)."""
+_CHANGE_TEXT = {
+    "new": ["New {p}.", "Interval development of {p}.", "{P}, new since the prior study.", "Newly seen {p}."],
+    "unchanged": ["Unchanged {p}.", "Stable {p}.", "{P}, unchanged from the prior study.",
+                  "{P}, not significantly changed."],
+    "worse": ["Increased {p}, previously {old}.", "Worsening {p}.", "{P}, increased since the prior study.",
+              "Enlarging {p}, previously {old}."],
+    "better": ["Decreased {p}, previously {old}.", "Improving {p}.", "{P}, decreased since the prior study.",
+               "Improved {p}, previously {old}."],
+    "resolved": ["Interval resolution of the {p}.", "The previously seen {p} has resolved.", "{P} has resolved.",
+                 "The {p} seen on the prior study is no longer present."],
+}
+
+
+def _resize(f: _Finding, size: str, rng: np.random.Generator) -> None:
+    """Give ``f`` the drawing parameters of ``size`` (the ranges of `_sample_chest_findings`)."""
+    f.size = size
+    if f.kind == "cardiomegaly":
+        lo, hi = {"mild": (0.545, 0.6), "moderate": (0.6, 0.66), "marked": (0.66, 0.72)}[size]
+        f.prm["ctr"] = rng.uniform(lo, hi)
+    elif f.kind == "effusion":
+        lo, hi = {"small": (0.08, 0.12), "moderate": (0.16, 0.24), "large": (0.28, 0.38)}[size]
+        f.prm = {s: (rng.uniform(lo, hi), c) for s, (_, c) in f.prm.items()}
+    elif f.kind == "ptx":
+        lo, hi = {"small": (0.78, 0.84), "moderate": (0.68, 0.76), "large": (0.55, 0.65)}[size]
+        f.prm["f"] = rng.uniform(lo, hi)
+
+
+def _conflicts(f: _Finding, fs: dict[str, _Finding]) -> bool:
+    """Whether a prior-only finding would break the sampler's rules against the prior's other findings."""
+    sides = {"left", "right"} if f.side == "bilateral" else {f.side}
+    def on(k: str) -> set:
+        g = fs.get(k)
+        return set() if g is None else ({"left", "right"} if g.side == "bilateral" else {g.side})
+    if f.kind == "effusion":
+        return bool(sides & on("ptx"))
+    if f.kind == "ptx":
+        return bool(sides & (on("effusion") | on("opacity") | on("lesion")))
+    if f.kind == "opacity":
+        return bool(sides & on("ptx")) or (f.zone == "lower" and bool(sides & on("effusion")))
+    return False
+
+
+@dataclass
+class _Pair:
+    """A longitudinal pair: the prior study of the same patient (same thorax: its geometry stream is the
+    current's) with findings new (absent before), unchanged, worse / better (another size before) or
+    resolved (present before only). ``rng`` draws the changes and their wording."""
+
+    ctx: _Ctx
+    rng: np.random.Generator
+    status: dict = field(default_factory=dict)  # kind -> change status (certain current findings)
+    old_size: dict = field(default_factory=dict)  # kind -> the prior's size (worse / better)
+    prior: dict = field(default_factory=dict)  # the prior's findings (after drawing: phrases set)
+    image: Any = None
+    findings: str = ""
+    impression: str = ""
+
+    def draw_prior(self, view: str, fs: dict[str, _Finding]) -> None:
+        ctx, rng = self.ctx, self.rng
+        ctx.rng.random()  # the view draw: the prior's geometry stream stays in step with the current's
+        prior, pdevs = _sample_chest_findings(ctx, view)  # fresh copies of the current's findings
+        for k, f in list(prior.items()):
+            if not f.certain:
+                continue  # hedged findings carry no change statement (drawn the same)
+            sizes = _SIZES.get(k, ())
+            i = sizes.index(f.size) if f.size in sizes else -1
+            opts, w = ["new", "unchanged"], [0.3, 0.35]
+            if i > 0:
+                opts, w = opts + ["worse"], w + [0.175]
+            if 0 <= i < len(sizes) - 1:
+                opts, w = opts + ["better"], w + [0.175]
+            st = _choice(rng, opts, w)
+            self.status[k] = st
+            if st == "new":
+                del prior[k]
+            elif st in ("worse", "better"):
+                self.old_size[k] = sizes[i - 1 if st == "worse" else i + 1]
+                _resize(f, self.old_size[k], rng)
+        if rng.random() < 0.45:  # a finding of the prior that has resolved
+            scratch = _Ctx(ctx.index, ctx.size, ctx.g, rng, rng, ctx.sex, ctx.age)
+            for _ in range(20):
+                cand, _devs = _sample_chest_findings(scratch, view)
+                ks = [k for k in _RESOLVABLE if k in cand and k not in fs and cand[k].certain
+                      and not _conflicts(cand[k], prior)]
+                if ks:
+                    prior[ks[0]] = cand[ks[0]]
+                    self.status[ks[0]] = "resolved"
+                    break
+        geo = _chest_geometry(ctx, view, prior)
+        ctx.rng = np.random.default_rng(int(rng.integers(2**63)))  # same thorax; its own texture, noise and exposure
+        self.image, _ = _draw_chest_frontal(ctx, geo, prior, pdevs)
+        labels = {n: None for n in CHEXPERT_LABELS}
+        self.findings, self.impression = _chest_text(ctx, view, prior, pdevs, labels)
+        self.prior = prior
+
+    def rewrite(self, impr: list, fs: dict[str, _Finding]) -> list:
+        """The current impression items with comparison statements (the `_chest_text` ``change`` hook)."""
+        out = []
+        for prio, sent, kind in impr:
+            st = self.status.get(kind)
+            if st is not None and st != "resolved" and kind in fs and fs[kind].certain:
+                sent = _fill(_pick(self.rng, _CHANGE_TEXT[st]), fs[kind].phrase, old=self.old_size.get(kind, ""))
+            out.append((prio, sent, kind))
+        for kind, st in self.status.items():
+            if st == "resolved":
+                out.append((6, _fill(_pick(self.rng, _CHANGE_TEXT[st]), self.prior[kind].phrase), kind))
+        return out
+
+    def resolved_labels(self, labels: dict) -> None:
+        """A resolution sentence negates its finding (as "resolution of" does for the labeller)."""
+        for kind, st in self.status.items():
+            if st != "resolved":
+                continue
+            names = [_KIND_LABEL[kind]] + (["Consolidation"] if kind == "opacity" and self.prior[kind].prm["dense"]
+                                           else [])
+            for n in names:
+                if labels[n] is None:
+                    labels[n] = 0
 
 
 def _box_rec(phrase: str, label: str, b: tuple, image_index: int = 0) -> dict:
@@ -1643,11 +1800,16 @@ _DRAW = {"hand": _hand, "knee": _knee, "pelvis": _pelvis}
 
 
 def draw_study(index: int, anatomy: str, split: str = "train", image_size: int = 128, seed: int = 0,
-               lateral_fraction: float = 0.3) -> tuple[dict, list[tuple[np.ndarray, str]], dict[str, np.ndarray]]:
+               lateral_fraction: float = 0.3,
+               prior_fraction: float = 0.0) -> tuple[dict, list[tuple[np.ndarray, str]], dict[str, np.ndarray]]:
     """Draw study ``index`` in memory: ``(record, [(uint8 image, view), ...], {mask name: bool array})``.
 
     The record's image and mask paths are the relative paths `generate_phantom` writes them to.
-    Randomness comes only from ``SeedSequence([seed, index])``.
+    Randomness comes only from ``SeedSequence([seed, index])``. With ``prior_fraction`` > 0 that share of
+    the chest studies (drawn from ``SeedSequence([seed, index, 1])``, so the others are unchanged) become
+    longitudinal pairs: the same patient's prior frontal image (role ``prior``, last in ``images``, id
+    ``<study_id>-prior``), its report in ``prior_findings`` / ``prior_impression``, and an impression whose
+    statements compare with it (`CHANGE_STATUSES`).
     """
     ss = np.random.SeedSequence([int(seed), int(index)])
     s_geo, s_txt, s_demo = ss.spawn(3)
@@ -1658,18 +1820,30 @@ def draw_study(index: int, anatomy: str, split: str = "train", image_size: int =
     sid = f"phantom-{index:06d}"
     rec = empty_record(sid, split=split, source=SOURCE, anatomy=anatomy)
     rec["sex"], rec["age"] = sex, age
+    pair = None
+    if prior_fraction > 0 and anatomy == "chest":
+        rp = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 1]))
+        if rp.random() < prior_fraction:
+            pctx = _Ctx(index, image_size, D.Grid(image_size), np.random.default_rng(s_geo), rp, sex, age)
+            pair = _Pair(pctx, rp)
     if anatomy == "chest":
-        images, masks = _chest_study(ctx, rec, lateral=bool(rd.random() < lateral_fraction))
+        images, masks = _chest_study(ctx, rec, lateral=bool(rd.random() < lateral_fraction), pair=pair)
     else:
         images, masks = _DRAW[anatomy](ctx, rec)
     rec["images"] = [{"path": f"images/{sid}_{k}.png", "view": v, "role": "current"} for k, (_, v) in enumerate(images)]
     rec["masks"] = [{"name": n, "path": f"masks/{sid}_{n}.png", "image_index": 0} for n in masks]
+    if pair is not None:
+        view = images[0][1]
+        images = images + [(pair.image, view)]
+        rec["images"].append({"path": f"images/{sid}_prior.png", "view": view, "role": "prior"})
+        rec.update(prior_study_id=f"{sid}-prior", prior_findings=pair.findings, prior_impression=pair.impression)
     return rec, images, masks
 
 
-def _write_study(job: tuple[int, str, str], out_dir: str, image_size: int, seed: int, lateral_fraction: float) -> dict:
+def _write_study(job: tuple[int, str, str], out_dir: str, image_size: int, seed: int, lateral_fraction: float,
+                 prior_fraction: float = 0.0) -> dict:
     index, anatomy, split = job
-    rec, images, masks = draw_study(index, anatomy, split, image_size, seed, lateral_fraction)
+    rec, images, masks = draw_study(index, anatomy, split, image_size, seed, lateral_fraction, prior_fraction)
     for im, (arr, _) in zip(rec["images"], images):
         D.save_png(os.path.join(out_dir, im["path"]), arr)
     for m in rec["masks"]:
@@ -1715,10 +1889,14 @@ def _plan(n: int, seed: int, mix: dict[str, float], fractions: Sequence[float]) 
     return [(i, str(anat[i]), str(split[i])) for i in range(n)]
 
 
-def _meta(n_studies: int, image_size: int, seed: int, mix: dict, fractions: Sequence[float], lateral_fraction: float) -> dict:
-    return {"version": PHANTOM_VERSION, "n_studies": int(n_studies), "image_size": int(image_size), "seed": int(seed),
+def _meta(n_studies: int, image_size: int, seed: int, mix: dict, fractions: Sequence[float], lateral_fraction: float,
+          prior_fraction: float = 0.0) -> dict:
+    meta = {"version": PHANTOM_VERSION, "n_studies": int(n_studies), "image_size": int(image_size), "seed": int(seed),
             "anatomy_mix": mix, "split_fractions": [float(f) for f in fractions],
             "lateral_fraction": float(lateral_fraction)}
+    if prior_fraction > 0:  # only then: phantom.json of a set without pairs is unchanged
+        meta["prior_fraction"] = float(prior_fraction)
+    return meta
 
 
 _OWN_NAMES = {"images", "masks", "records.jsonl", "records.roots.json", "phantom.json", ".phantom-incomplete", LOCK_NAME}
@@ -1733,7 +1911,8 @@ def _is_phantom_dir(out: Path) -> bool:
 def generate_phantom(out_dir: str | os.PathLike, n_studies: int = 2000, image_size: int = 128, seed: int = 0,
                      anatomy_mix: Mapping[str, float] | None = None,
                      split_fractions: Sequence[float] = (0.8, 0.1, 0.1), lateral_fraction: float = 0.3,
-                     workers: int | None = None, progress: bool = True, overwrite: bool = False) -> Path:
+                     workers: int | None = None, progress: bool = True, overwrite: bool = False,
+                     prior_fraction: float = 0.0) -> Path:
     """Draw ``n_studies`` phantom studies into ``out_dir`` and return the path of ``records.jsonl``.
 
     Writes ``images/<study_id>_<k>.png`` (8-bit grayscale; ``k`` = 0 is the frontal image),
@@ -1752,7 +1931,13 @@ def generate_phantom(out_dir: str | os.PathLike, n_studies: int = 2000, image_si
     validation / test by ``split_fractions``. ``lateral_fraction`` of the chest studies get a
     second, lateral image. ``workers`` processes draw in parallel (default ``min(4, cpu count)``;
     0 or 1 draws in this process); the output does not depend on it.
+
+    ``prior_fraction`` (default 0: no pairs, the set is exactly as without it) makes that share of the chest
+    studies longitudinal pairs (`draw_study`): a prior frontal image ``images/<study_id>_prior.png`` (role
+    ``prior``), the prior report, and comparison statements (new / unchanged / worse / better / resolved).
     """
+    if not 0.0 <= prior_fraction <= 1.0:
+        raise ValueError(f"prior_fraction must lie in [0, 1], got {prior_fraction}")
     if n_studies < 1:
         raise ValueError(f"n_studies must be >= 1, got {n_studies}")
     if image_size < 32:
@@ -1764,13 +1949,13 @@ def generate_phantom(out_dir: str | os.PathLike, n_studies: int = 2000, image_si
     out = Path(out_dir)
     mix = _normalise_mix(anatomy_mix)
     fr = [f / sum(split_fractions) for f in split_fractions]
-    meta = _meta(n_studies, image_size, seed, mix, [round(f, 6) for f in fr], lateral_fraction)
+    meta = _meta(n_studies, image_size, seed, mix, [round(f, 6) for f in fr], lateral_fraction, prior_fraction)
     if out.exists() and not overwrite and not (out / "phantom.json").exists() and not _is_phantom_dir(out):
         raise FileExistsError(f"{out} holds files that generate_phantom did not write; "
                               "choose another folder or pass overwrite=True")
     with folder_lock(out, what="mxr0 prepare phantom"):
         return _generate_locked(out, meta, n_studies, image_size, seed, mix, fr, lateral_fraction, workers,
-                                progress, overwrite)
+                                progress, overwrite, prior_fraction)
 
 
 def _incomplete(out: Path, rec_path: Path, n_studies: int) -> str | None:
@@ -1790,7 +1975,8 @@ def _incomplete(out: Path, rec_path: Path, n_studies: int) -> str | None:
 
 
 def _generate_locked(out: Path, meta: dict, n_studies: int, image_size: int, seed: int, mix: dict, fr: list,
-                     lateral_fraction: float, workers: int | None, progress: bool, overwrite: bool) -> Path:
+                     lateral_fraction: float, workers: int | None, progress: bool, overwrite: bool,
+                     prior_fraction: float = 0.0) -> Path:
     meta_path, rec_path = out / "phantom.json", out / "records.jsonl"
     if not overwrite and meta_path.exists() and rec_path.exists():
         try:
@@ -1812,7 +1998,8 @@ def _generate_locked(out: Path, meta: dict, n_studies: int, image_size: int, see
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir()
     jobs = _plan(n_studies, seed, mix, fr)
-    work = partial(_write_study, out_dir=str(out), image_size=image_size, seed=seed, lateral_fraction=lateral_fraction)
+    work = partial(_write_study, out_dir=str(out), image_size=image_size, seed=seed, lateral_fraction=lateral_fraction,
+                   prior_fraction=prior_fraction)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     from tqdm.auto import tqdm

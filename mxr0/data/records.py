@@ -5,20 +5,39 @@ no task ever parses a raw dataset. A record is a plain dict; on disk a set of re
 Parquet file whose image and mask paths are relative to the file's folder (a dataset folder can be
 moved or copied as a whole).
 
-Fields (see ``FEATURES`` for the exact `datasets` schema):
+This docstring is the one description of the record; other modules refer to it rather than
+repeat it. Fields (see `features` for the exact `datasets` / Parquet schema):
 
 - ``study_id`` (str, unique), ``split`` (``train`` / ``validation`` / ``test``), ``source`` (str),
-  ``anatomy`` (one of ``ANATOMIES``).
+  ``anatomy`` (one of ``ANATOMIES``; `anatomy_of` maps DICOM BodyPartExamined codes, CSV values and
+  MURA body parts to them, unknown values to ``other``).
 - ``images``: list of ``{path, view, role}``; ``view`` is a DICOM ViewPosition-style code
-  (``PA``, ``AP``, ``LATERAL``, ``LL``, … or ``""`` when unknown), ``role`` ``current`` or ``prior``.
+  (``PA``, ``AP``, ``LATERAL``, ``LL``, … or ``""`` when unknown), ``role`` ``current`` or ``prior``
+  (an image of the prior study named by ``prior_study_id``).
 - report sections: ``indication``, ``technique``, ``comparison``, ``findings``, ``impression``
   (``""`` when absent).
 - ``labels``: the 14 CheXpert observations in CheXbert's order, each ``1`` (positive), ``0``
   (negative), ``-1`` (uncertain) or ``None`` (not mentioned).
+- ``source_labels``: the source's own findings beside the CheXpert labels, a flat object keyed
+  ``"<prefix>:<name>"`` (`source_label_key`), e.g. ``{"nih:Emphysema": 1, "jsrt:nodule": 1,
+  "mura:abnormal": 0}``; values as in ``labels``. The prefix is the short source family (``nih``,
+  ``jsrt``, ``mura``, ``tbx11k``, ``covid``, ``siim``, …: lower-case letters, digits, ``_ . -``), the
+  name is the source's own spelling. Absent findings are simply not keys. (Parquet stores it as a list
+  of ``{name, value}``; `read_records` gives the object back.)
+- prior study (MAIRA-2's inputs; all empty when the study has no prior): ``prior_study_id`` (str, the
+  prior study's id, never the record's own), ``prior_findings`` and ``prior_impression`` (str, the
+  prior report's sections); the prior's images are in ``images`` with ``role: prior``. `prior_report`
+  joins the two sections into the prompt's "Prior report" text. Prior sections need a
+  ``prior_study_id`` or a prior image; ``prior_study_id`` is otherwise optional (a pair from a VQA
+  set may show a reference image without knowing its study).
 - ``boxes``: list of ``{phrase, label, image_index, x0, y0, x1, y1}``; coordinates normalised to
   [0, 1] in the frame of the original image ``images[image_index]``, ``x`` to the image's right
   (the patient's left), ``y`` down.
-- ``masks``: list of ``{name, path, image_index}`` (binary PNG masks aligned to the image).
+- ``masks``: list of ``{name, path, image_index}``: 8-bit PNG masks, 0 outside and 255 inside, of the
+  same size and frame as ``images[image_index]`` (converters resize a source's masks to their image with
+  nearest neighbour; `mxr0.data.cache` resizes both together). Names are lower-case organ or finding
+  names, ``MASK_NAMES`` for the known ones (``left_lung`` is the patient's left, the image's right); the
+  frozen segmentation suite reads them by name.
 - ``qa``: list of ``{question, answer, answer_type, question_type, options}``; ``answer_type`` is
   ``closed`` (yes/no or multiple choice, ``options`` lists the choices) or ``open``.
 - ``sex`` (``M`` / ``F`` / ``""``), ``age`` (years, float or None).
@@ -87,8 +106,98 @@ ANATOMIES = (
     "elbow",
     "spine",
     "skull",
+    "forearm",
+    "humerus",
+    "femur",
+    "lower_leg",
     "other",
 )
+
+#: Free-text anatomy values (DICOM BodyPartExamined codes, CSV columns, MURA's ``XR_*`` folders), upper-cased
+#: with spaces / dashes as ``_``, mapped to ``ANATOMIES``; `anatomy_of` uses it.
+ANATOMY_ALIASES: dict[str, str] = {
+    **{a.upper(): a for a in ANATOMIES},
+    "THORAX": "chest", "CHEST_LAT": "chest", "CHEST_PA": "chest", "LUNG": "chest", "RIBS": "chest", "RIB": "chest",
+    "PORT_CHEST": "chest", "CXR": "chest", "TORAX": "chest", "THORAXAP": "chest", "THORAX_AP": "chest",
+    "ABDOMEN_PELVIS": "abdomen", "ABD": "abdomen", "KUB": "abdomen",
+    "HIPS": "hip", "PELVIS_HIP": "pelvis", "SACRUM": "pelvis",
+    "KNEES": "knee", "PATELLA": "knee",
+    "HANDS": "hand", "FINGER": "hand", "FINGERS": "hand", "THUMB": "hand",
+    "WRISTS": "wrist", "SCAPHOID": "wrist",
+    "FOOT_ANKLE": "foot", "FEET": "foot", "TOE": "foot", "TOES": "foot", "CALCANEUS": "foot", "HEEL": "foot",
+    "ANKLES": "ankle",
+    "SHOULDERS": "shoulder", "CLAVICLE": "shoulder", "SCAPULA": "shoulder",
+    "ELBOWS": "elbow",
+    "CSPINE": "spine", "TSPINE": "spine", "LSPINE": "spine", "C_SPINE": "spine", "T_SPINE": "spine", "L_SPINE": "spine",
+    "LSSPINE": "spine", "CERVICAL_SPINE": "spine", "THORACIC_SPINE": "spine", "LUMBAR_SPINE": "spine", "NECK": "spine",
+    "WHOLESPINE": "spine", "WHOLE_SPINE": "spine",
+    "HEAD": "skull", "SKULL_FACE": "skull", "FACE": "skull", "SINUS": "skull", "SINUSES": "skull", "MANDIBLE": "skull",
+    "FOREARMS": "forearm", "RADIUS": "forearm", "ULNA": "forearm",
+    "UPPER_ARM": "humerus", "ARM": "humerus",
+    "THIGH": "femur", "UPPER_LEG": "femur",
+    "LEG": "lower_leg", "TIBIA": "lower_leg", "FIBULA": "lower_leg", "TIBIA_FIBULA": "lower_leg", "TIB_FIB": "lower_leg",
+}
+
+
+def anatomy_of(value: Any) -> tuple[str, bool]:
+    """``(anatomy, known)``: ``value`` (a DICOM BodyPartExamined code such as ``CHEST`` / ``LSPINE``, a CSV
+    value, a MURA folder such as ``XR_WRIST``) mapped to one of ``ANATOMIES``; an unknown or empty value
+    gives ``("other", False)`` (converters count those)."""
+    if not isinstance(value, str):
+        return "other", False
+    key = value.strip().upper().replace(" ", "_").replace("-", "_").replace("/", "_")
+    if key.startswith("XR_"):
+        key = key[3:]
+    if not key:
+        return "other", False
+    hit = ANATOMY_ALIASES.get(key)
+    if hit is not None:
+        return hit, hit != "other" or key == "OTHER"
+    return "other", False
+
+
+#: Mask names the converters write (others are allowed): the JSRT / CheXmask organs and SIIM-ACR's finding.
+MASK_NAMES: tuple[str, ...] = ("right_lung", "left_lung", "heart", "right_clavicle", "left_clavicle", "pneumothorax")
+
+PRIOR_FIELDS: tuple[str, ...] = ("prior_study_id", "prior_findings", "prior_impression")
+"""The prior-study fields (strings, ``""`` when absent); the prior's images are ``images`` with role ``prior``."""
+
+_SOURCE_LABEL_PREFIX = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+MAX_SOURCE_LABEL_KEY = 100
+
+
+def source_label_key(prefix: str, name: str) -> str:
+    """The ``source_labels`` key of finding ``name`` of source family ``prefix`` (``"nih", "Emphysema"`` →
+    ``"nih:Emphysema"``)."""
+    key = f"{prefix}:{name}"
+    problem = _source_label_key_problem(key)
+    if problem:
+        raise ValueError(f"source_labels key {key!r}: {problem}")
+    return key
+
+
+def _source_label_key_problem(key: Any) -> str | None:
+    if not isinstance(key, str):
+        return "keys must be strings"
+    prefix, sep, name = key.partition(":")
+    if not sep or not prefix or not name.strip():
+        return "expected '<prefix>:<name>' (e.g. 'nih:Emphysema')"
+    if not set(prefix) <= _SOURCE_LABEL_PREFIX:
+        return "the prefix may hold lower-case letters, digits, '_', '.' and '-' only"
+    if len(key) > MAX_SOURCE_LABEL_KEY or "\x00" in key or "\n" in key:
+        return f"must be one line of at most {MAX_SOURCE_LABEL_KEY} characters"
+    return None
+
+
+def prior_report(record: dict) -> str:
+    """The prior report as one text ("Findings: … Impression: …", the present sections only; ``""`` when
+    the record has no prior report)."""
+    parts = []
+    for key, title in (("prior_findings", "Findings"), ("prior_impression", "Impression")):
+        text = (record.get(key) or "").strip()
+        if text:
+            parts.append(f"{title}: {text}")
+    return " ".join(parts)
 VIEWS = ("PA", "AP", "LATERAL", "LL", "RL", "AP_SUPINE", "OBLIQUE", "")
 IMAGE_ROLES = ("current", "prior")
 ANSWER_TYPES = ("closed", "open")
@@ -119,6 +228,8 @@ def features():
             "images": [{"path": Value("string"), "view": Value("string"), "role": Value("string")}],
             **{s: Value("string") for s in REPORT_SECTIONS},
             "labels": {name: Value("int8") for name in CHEXPERT_LABELS},
+            "source_labels": [{"name": Value("string"), "value": Value("int8")}],
+            **{k: Value("string") for k in PRIOR_FIELDS},
             "boxes": [box],
             "masks": [{"name": Value("string"), "path": Value("string"), "image_index": Value("int32")}],
             "qa": [
@@ -177,6 +288,8 @@ def empty_record(study_id: str, split: str = "train", source: str = "", anatomy:
         "images": [],
         **{s: "" for s in REPORT_SECTIONS},
         "labels": {name: None for name in CHEXPERT_LABELS},
+        "source_labels": {},
+        **{k: "" for k in PRIOR_FIELDS},
         "boxes": [],
         "masks": [],
         "qa": [],
@@ -248,8 +361,8 @@ def validate_record(rec: Any) -> list[str]:
         _check_choice(errs, "split", rec["split"], SPLITS)
     if "anatomy" in rec:
         _check_choice(errs, "anatomy", rec["anatomy"], ANATOMIES)
-    for s in REPORT_SECTIONS + ("source",):
-        if s in rec and not isinstance(rec[s], str):
+    for s in REPORT_SECTIONS + ("source",) + PRIOR_FIELDS:
+        if s in rec and rec[s] is not None and not isinstance(rec[s], str):
             errs.append(f"{s}: expected a string, got {type(rec[s]).__name__}")
     images = _list_field(errs, rec, "images")
     for i, im in enumerate(images):
@@ -272,6 +385,27 @@ def validate_record(rec: Any) -> list[str]:
                 errs.append(f"labels.{name if isinstance(name, str) and len(name) <= 40 else _short(name, 40)}: unknown observation (valid: {list(CHEXPERT_LABELS)})")
             elif isinstance(v, (bool, list, dict)) or v not in LABEL_VALUES:
                 errs.append(f"labels.{name}={_short(v)}: expected 1, 0, -1 or null")
+    slabels = rec.get("source_labels")
+    if slabels is not None and not isinstance(slabels, dict):
+        errs.append(f"source_labels: expected an object keyed '<prefix>:<name>' (e.g. 'nih:Emphysema'), "
+                    f"got {type(slabels).__name__}")
+    elif slabels:
+        for name, v in slabels.items():
+            shown = name if isinstance(name, str) and len(name) <= 60 else _short(name, 60)
+            bad = _source_label_key_problem(name)
+            if bad:
+                errs.append(f"source_labels.{shown}: {bad}")
+            elif isinstance(v, (bool, list, dict)) or v not in LABEL_VALUES:
+                errs.append(f"source_labels.{shown}={_short(v)}: expected 1, 0, -1 or null")
+    pid = rec.get("prior_study_id")
+    if isinstance(pid, str) and pid and isinstance(sid, str) and pid == sid:
+        errs.append(f"prior_study_id: {_short(pid)} is the study itself")
+    elif isinstance(pid, str) and "\x00" in pid:
+        errs.append(f"prior_study_id: {_short(pid)} contains a NUL byte")
+    has_prior_image = any(isinstance(im, dict) and im.get("role") == "prior" for im in images)
+    for k in ("prior_findings", "prior_impression"):
+        if isinstance(rec.get(k), str) and rec[k].strip() and not pid and not has_prior_image:
+            errs.append(f"{k}: a prior report needs its prior_study_id or a prior image (images[*].role 'prior')")
     for i, b in enumerate(_list_field(errs, rec, "boxes")):
         if not isinstance(b, dict):
             errs.append(f"boxes[{i}]: expected an object, got {type(b).__name__}")
@@ -332,6 +466,8 @@ def normalise_record(rec: dict) -> dict:
     for k, v in rec.items():
         if k == "labels":
             out["labels"] = {**out["labels"], **(v or {})}
+        elif k == "source_labels":
+            out["source_labels"] = dict(v or {})
         elif v is not None or k == "age":
             out[k] = v
     out["images"] = [{"path": im["path"], "view": im.get("view", ""), "role": im.get("role", "current")} for im in out["images"]]
@@ -589,7 +725,7 @@ def read_records(path: str | os.PathLike, splits: Iterable[str] | None = None, r
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        raw: list[Any] = pq.read_table(path).to_pylist()
+        raw: list[Any] = [_from_table_row(r) for r in pq.read_table(path).to_pylist()]
     elif path.suffix in (".jsonl", ".json"):
         pairs = list(_iter_jsonl(path))
         lines = [n for n, _ in pairs]
@@ -628,7 +764,7 @@ def write_records(records: Iterable[dict], path: str | os.PathLike,
     if path.suffix == ".parquet":
         from datasets import Dataset
 
-        Dataset.from_list(records, features=features()).to_parquet(str(tmp))
+        Dataset.from_list([_to_table_row(r) for r in records], features=features()).to_parquet(str(tmp))
     else:
         with open(tmp, "w", encoding="utf-8") as f:
             for r in records:
@@ -702,8 +838,30 @@ def missing_files(records: Iterable[dict], base: str | os.PathLike) -> list[str]
     return bad
 
 
+def _to_table_row(rec: dict) -> dict:
+    """A normalised record in the table layout of `features` (``source_labels`` as ``[{name, value}]``)."""
+    out = dict(rec)
+    out["source_labels"] = [{"name": k, "value": v} for k, v in (rec.get("source_labels") or {}).items()]
+    return out
+
+
+def _from_table_row(row: Any) -> Any:
+    """A Parquet / `datasets` row back in the record layout (``source_labels`` as an object)."""
+    if isinstance(row, dict) and isinstance(row.get("source_labels"), list):
+        items = row["source_labels"]
+        if all(isinstance(it, dict) and set(it) == {"name", "value"} for it in items):
+            row = {**row, "source_labels": {it["name"]: it["value"] for it in items}}
+    return row
+
+
 def to_dataset(records: list[dict]):
-    """The records as a `datasets.Dataset` with the canonical features."""
+    """The records as a `datasets.Dataset` with the canonical features (``source_labels`` stored as a
+    list of ``{name, value}``; `from_dataset_row` turns a row back into a record)."""
     from datasets import Dataset
 
-    return Dataset.from_list(records, features=features())
+    return Dataset.from_list([_to_table_row(normalise_record(r)) for r in records], features=features())
+
+
+def from_dataset_row(row: dict) -> dict:
+    """A row of `to_dataset` (or of a records Parquet file) as a record."""
+    return _from_table_row(row)

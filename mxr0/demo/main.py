@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import resources
 from pathlib import Path
 
 from mxr0.demo.common import recipe_path

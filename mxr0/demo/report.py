@@ -26,7 +26,7 @@ def run_report_demo(out_dir: Path, data: str, encoder: str, fast: bool = False) 
     from mxr0.data.records import read_records
     from mxr0.eval.reports.rules import finding_f1
     from mxr0.generate import generate_split
-    from mxr0.tasks.report import report_answer
+    from mxr0.data.instruct import report_answer
     from mxr0.train.loop import train
 
     t0 = time.perf_counter()

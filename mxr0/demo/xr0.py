@@ -65,7 +65,7 @@ def run_ssl_demo(out_dir: str | Path, data_dir: str | Path, fast: bool = False, 
     main demo's arguments: 2000 studies at 128 px, 400 with ``fast``), evaluate it against random
     initialisation, print a table; returns the headline numbers, margins and file paths."""
     from mxr0.config import load_recipe
-    from mxr0.eval.vision.report import to_markdown, write_report
+    from mxr0.eval.vision.report import write_report
     from mxr0.eval.vision.suite import VisionEvalConfig, evaluate_encoders
     from mxr0.train.loop import train
 

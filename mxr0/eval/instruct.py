@@ -126,7 +126,7 @@ def ranked_closed_accuracy(model, tokenizer, ds, indices) -> dict[str, float]:
     """``vqa_closed_accuracy_ranked``: closed questions answered by ranking their options by likelihood
     (`mxr0.generate.rank_options`) instead of free generation; per question type too."""
     from mxr0.eval.vqa import vqa_scores
-    from mxr0.generate import rank_options
+    from mxr0.models.decoding import rank_options
 
     idx = [i for i in indices if ds.examples[i].meta.get("answer_type") == "closed" and ds.examples[i].meta.get("options")]
     if not idx:

@@ -14,10 +14,19 @@ custom code in the checkpoint, which this project refuses (Hugging Face-native a
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+from mxr0.config import ConfigError
+from mxr0.config.tasks import ReportModelConfig
+
+MIN_ANSWER_TOKENS = 8
+"""`mxr0.data.chat.encode_example` refuses an example with room for fewer answer tokens than this."""
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +104,120 @@ def _copy_buffers(dst: nn.Module, src: nn.Module) -> None:
         if isinstance(current, torch.Tensor) and current.is_meta:
             persistent = attr not in getattr(owner, "_non_persistent_buffers_set", set())
             owner.register_buffer(attr, buf.detach().clone(), persistent=persistent)
+
+
+# --- image-token budget -------------------------------------------------------------------------------
+def check_image_token_budget(cfg, tokens_per_image: int) -> None:
+    """Raise `ConfigError` when an example of some kind of ``cfg.tasks`` cannot fit ``cfg.max_length``: its
+    images (``len(cfg.views)`` for reports, 1 for VQA / grounding / localisation) x ``tokens_per_image`` plus
+    the answer's generation limit (``max_new_tokens`` / ``max_new_tokens_short``)."""
+    weights = getattr(cfg, "tasks", None) or {"report": 1.0}
+    for kind in [k for k, w in weights.items() if w > 0]:
+        report_like = kind in ("report", "grounded_report")
+        n = len(cfg.views) if report_like else 1
+        image = n * int(tokens_per_image)
+        answer = int(cfg.max_new_tokens if report_like else cfg.max_new_tokens_short)
+        what = f"{n} image{'s' if n > 1 else ''} x {tokens_per_image:,} tokens = {image:,} image tokens"
+        fix = ("raise model.max_length (image tokens + prompt + answer), or give fewer model.views / a smaller "
+               "image size")
+        if image + MIN_ANSWER_TOKENS > cfg.max_length:
+            rel = ">" if image > cfg.max_length else f"leave under {MIN_ANSWER_TOKENS} tokens of"
+            raise ConfigError(f"{kind} examples: {what} {rel} model.max_length {cfg.max_length}: no room for the "
+                              f"prompt and the answer; {fix}")
+        if image + answer > cfg.max_length:
+            limit = "max_new_tokens" if report_like else "max_new_tokens_short"
+            raise ConfigError(f"{kind} examples: {what} + model.{limit} {answer:,} = {image + answer:,} tokens > "
+                              f"model.max_length {cfg.max_length}: answers would be cut in training; {fix}")
+
+
+def image_tokens_per_image(vision_config, image_size: int, select_strategy: str = "default") -> int:
+    return image_token_count(vision_config, image_size, select_strategy)
+
+
+def llava_core(model: nn.Module) -> nn.Module:
+    """The ``LlavaModel`` inside a (peft-wrapped) ``LlavaForConditionalGeneration``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+@torch.no_grad()
+def cache_vision_features(model: nn.Module, datasets: list, device, batch_size: int = 32, limit_gb: float = 8.0) -> None:
+    """Compute the frozen vision tower's hidden states once for every example of ``datasets`` and make the
+    tower return them instead of recomputing (its weights and state-dict names are untouched)."""
+    from tqdm.auto import tqdm
+
+    core = llava_core(model)
+    tower = core.vision_tower
+    layer = model.config.vision_feature_layer
+    datasets = [d for d in datasets if d is not None]
+    n_images = len({path for d in datasets for ex in d.examples for _, path in ex.images})
+    vcfg = model.config.vision_config
+    size = int(datasets[0].transform.size)
+    p = int(np.ravel(vcfg.patch_size)[0])
+    tokens = (size // p) ** 2 + 1 + int(getattr(vcfg, "num_register_tokens", 0) or 0)
+    gb = n_images * tokens * vcfg.hidden_size * 2 / 1e9
+    if gb > limit_gb:
+        raise ConfigError(f"model.cache_features: {n_images} images x {tokens} tokens x {vcfg.hidden_size} would take "
+                          f"{gb:.1f} GB of RAM (limit {limit_gb} GB); turn the cache off for a set this size")
+    was_training = tower.training
+    tower.eval()
+    done: dict[tuple[str, ...], torch.Tensor] = {}  # examples of one study (VQA, grounding, …) share images
+    for ds in datasets:
+        feats: list[torch.Tensor] = []
+        for i in tqdm(range(len(ds)), desc="caching vision features", leave=False, mininterval=2.0):
+            key = tuple(path for _, path in ds.examples[i].images)
+            if key not in done:
+                px = ds.read_images(i).to(device)
+                hs = tower(pixel_values=px, output_hidden_states=True, return_dict=True).hidden_states[layer]
+                done[key] = hs.to("cpu", torch.float16)
+            feats.append(done[key])
+        ds.features = feats
+    tower.train(was_training)
+    n_states = int(vcfg.num_hidden_layers) + 1  # any vision_feature_layer index finds the cached state
+
+    def cached_forward(pixel_values=None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if pixel_values is None or pixel_values.ndim != 3:
+            raise RuntimeError("the vision tower serves cached features: expected [images, tokens, width] inputs")
+        hs = pixel_values.to(next(core.multi_modal_projector.parameters()).dtype)
+        return BaseModelOutputWithPooling(last_hidden_state=hs, pooler_output=hs[:, 0], hidden_states=(hs,) * n_states)
+
+    tower.forward = cached_forward
+    log.info("cached vision features of %d images (%.2f GB float16)", n_images, gb)
+
+
+def restore_vision_tower(model: nn.Module) -> None:
+    tower = llava_core(model).vision_tower
+    if "forward" in tower.__dict__:
+        del tower.forward
+
+
+def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModelConfig, n_image_tokens: int) -> Path:
+    """The merged Hugging Face model + processor (+ ``adapter/`` when LoRA was used) + ``mxr0_report.json``."""
+    from transformers import LlavaProcessor
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, then merge for the export
+        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+        model = model.merge_and_unload()
+    if getattr(model, "generation_config", None) is not None:  # plain `model.generate` stops at the end of the turn
+        from mxr0.data.chat import stop_token_ids
+
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    vcfg = model.config.vision_config
+    processor = LlavaProcessor(image_processor=transform.to_image_processor(), tokenizer=tokenizer,
+                               patch_size=int(np.ravel(vcfg.patch_size)[0]),
+                               vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                               num_additional_image_tokens=1 + int(getattr(vcfg, "num_register_tokens", 0) or 0),
+                               chat_template=tokenizer.chat_template)
+    processor.save_pretrained(out_dir)
+    transform.save_pretrained(out_dir, keep_existing=True)  # also for AutoImageProcessor (the processor file nests it)
+    settings = {k: getattr(cfg, k) for k in ("views", "context_sections", "target_sections", "instruction",
+                                             "system_prompt", "max_length", "max_new_tokens", "tasks", "box_format",
+                                             "vqa_answer_types", "grounding_prompt", "localisation_prompt",
+                                             "grounded_instruction", "max_new_tokens_short")}
+    settings["n_image_tokens"] = n_image_tokens
+    (out_dir / "mxr0_report.json").write_text(json.dumps(settings, indent=2))
+    return out_dir

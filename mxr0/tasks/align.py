@@ -41,7 +41,7 @@ class AlignTask(Task):
     def __init__(self, recipe):
         super().__init__(recipe)
         from mxr0.data.text import REPORT_SECTIONS
-        from mxr0.eval.align import merged_prompts
+        from mxr0.data.prompts import merged_prompts
 
         c = self.cfg
         bad = [s for s in c.text_sections if s not in REPORT_SECTIONS]

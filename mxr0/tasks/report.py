@@ -21,7 +21,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,132 +30,11 @@ from mxr0.data.loading import load_split
 from mxr0.eval.instruct import main_metric_of
 from mxr0.tasks.base import CardInfo, Task
 from mxr0.config.tasks import VIEW_CHOICES, ReportModelConfig  # noqa: F401 (VIEW_CHOICES re-exported)
+from mxr0.data.report_dataset import ChatCollator, ReportDataset, prompts_of  # noqa: F401 (moved; re-exported)
+from mxr0.losses.answer import answer_token_count, answer_token_loss  # noqa: F401 (moved; re-exported)
+from mxr0.models.vlm import cache_vision_features, llava_core, restore_vision_tower, save_vlm_export  # noqa: F401 (moved; re-exported)
 
 log = logging.getLogger(__name__)
-
-class ReportDataset(torch.utils.data.Dataset):
-    """Chat examples of studies (`mxr0.data.instruct`: report, VQA, grounding, … as ``cfg.tasks`` says): pixel
-    values of each image, input ids and answer-only labels. ``records[i]`` is example ``i``'s study."""
-
-    def __init__(self, records, tokenizer, transform, cfg: ReportModelConfig, n_image_tokens: int, train: bool,
-                 seed: int = 0, with_answer: bool = True, kinds: list[str] | None = None):
-        from mxr0.data.instruct import build_examples
-
-        kinds = list(kinds or [k for k, w in cfg.tasks.items() if w > 0])
-        self.examples, empty = build_examples(records, kinds, views=cfg.views, target_sections=cfg.target_sections,
-                                              prompts=prompts_of(cfg), vqa_answer_types=cfg.vqa_answer_types)
-        self.records = [records[ex.record] for ex in self.examples]
-        if empty and "report" in empty:
-            log.warning("%d studies without a current frontal image or without %s text are left out", empty["report"],
-                        "/".join(cfg.target_sections))
-        for k, n in empty.items():
-            if k != "report":
-                log.info("%s: %d of %d studies give no example", k, n, len(records))
-        self.tokenizer, self.transform, self.cfg = tokenizer, transform, cfg
-        self.n_image_tokens, self.train, self.seed, self.epoch = n_image_tokens, train, seed, 0
-        self.features: list[torch.Tensor] | None = None
-        """Cached vision hidden states per example ([n_images, tokens, width]); used instead of images."""
-        self.with_answer = with_answer
-        """False: prompt only, for generation."""
-        self._lengths: list[int] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    @property
-    def kinds(self) -> list[str]:
-        return [ex.kind for ex in self.examples]
-
-    def messages(self, i: int) -> list[dict]:
-        from mxr0.data.chat import study_messages
-
-        ex, c = self.examples[i], self.cfg
-        sections = c.context_sections if ex.kind in ("report", "grounded_report") else []
-        return study_messages(self.records[i], [v for v, _ in ex.images], ex.instruction, sections, c.system_prompt)
-
-    def geometry(self, i: int):
-        """How example ``i``'s (first) image lands in the model frame (for boxes)."""
-        from mxr0.data.instruct import image_size
-
-        return self.transform.geometry(*image_size(self.examples[i].images[0][1]))
-
-    def answer(self, i: int) -> str:
-        """The target text; boxes are written in the model frame of the example's image."""
-        from mxr0.data.instruct import boxes_answer, grounded_report_text
-
-        ex = self.examples[i]
-        if ex.kind in ("grounding", "localisation"):
-            return boxes_answer(self.geometry(i).to_model(np.asarray(ex.boxes)), self.cfg.box_format)
-        if ex.kind == "grounded_report" and ex.meta["phrases"]:
-            g = self.geometry(i)
-            phrases = [(p, g.to_model(np.asarray(b))) for p, b in ex.meta["phrases"]]
-            return grounded_report_text(ex.answer, phrases, self.cfg.box_format)
-        return ex.answer
-
-    def encode(self, i: int, with_answer: bool = True) -> tuple[list[int], list[int]]:
-        from mxr0.data.chat import encode_example
-
-        return encode_example(self.tokenizer, self.messages(i), self.answer(i) if with_answer else None,
-                              self.n_image_tokens, self.cfg.max_length)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Token lengths of the examples (for length-grouped batching), computed once."""
-        if self._lengths is None:
-            self._lengths = [len(self.encode(i)[0]) for i in range(len(self))]
-        return self._lengths
-
-    def pixel_values(self, i: int) -> torch.Tensor:
-        if self.features is not None:
-            return self.features[i].float()
-        return self.read_images(i)
-
-    def read_images(self, i: int) -> torch.Tensor:
-        from mxr0.data.augment import light_augment, sample_generator
-        from mxr0.data.xray import read_xray
-
-        out = []
-        for k, (_, path) in enumerate(self.examples[i].images):
-            img = read_xray(path)
-            if self.train and self.cfg.augment and self.examples[i].kind not in BOX_KINDS:  # boxes stay put
-                img = light_augment(img, generator=sample_generator(self.seed, self.epoch, i * 8 + k))
-            out.append(self.transform(img))
-        return torch.stack(out)
-
-    def __getitem__(self, i: int) -> dict:
-        ids, labels = self.encode(i, with_answer=self.with_answer)
-        return {"pixel_values": self.pixel_values(i), "input_ids": ids, "labels": labels, "index": i}
-
-
-def prompts_of(cfg: ReportModelConfig) -> Prompts:
-    """The per-kind instructions of a config."""
-    return Prompts(report=cfg.instruction, grounding=cfg.grounding_prompt, localisation=cfg.localisation_prompt,
-                   grounded_report=cfg.grounded_instruction)
-
-
-class ChatCollator:
-    """Pads a batch (right for training, left for generation) and concatenates its images."""
-
-    def __init__(self, pad_id: int, side: str = "right"):
-        self.pad_id, self.side = pad_id, side
-
-    def __call__(self, items: list[dict]) -> dict:
-        n = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(items), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(items), n), dtype=torch.long)
-        for b, it in enumerate(items):
-            k = len(it["input_ids"])
-            sl = slice(0, k) if self.side == "right" else slice(n - k, n)
-            ids[b, sl] = torch.tensor(it["input_ids"])
-            labels[b, sl] = torch.tensor(it["labels"])
-            mask[b, sl] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                "pixel_values": torch.cat([it["pixel_values"] for it in items]),
-                "index": torch.tensor([it["index"] for it in items])}
 
 
 def _check_local_path(value: str, key: str) -> None:
@@ -303,7 +181,7 @@ class ReportTask(Task):
         c = self.cfg
         if self.tokenizer is None:
             raise RuntimeError("build_datasets must run before build_model (the tokenizer sizes the LLM)")
-        from mxr0.models.sizing import check_image_token_budget
+        from mxr0.models.vlm import check_image_token_budget
 
         check_image_token_budget(c, self.n_image_tokens)  # before loading any weights: images must fit max_length
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -412,7 +290,7 @@ class ReportTask(Task):
             tokens.append(lt[:, 1].sum())
         metrics = {"loss": float(torch.stack(losses).sum() / torch.stack(tokens).sum().clamp_min(1))}
         if self.cfg.eval_generate > 0:
-            from mxr0.train.loop import shards_parameters
+            from mxr0.distributed import shards_parameters
 
             if shards_parameters(accelerator):  # each model call needs every rank: decoding on one would hang
                 if accelerator.is_main_process:
@@ -432,7 +310,7 @@ class ReportTask(Task):
         """Greedy answers for the first ``eval_generate`` evaluation examples of each kind, scored per kind
         (`mxr0.eval.instruct.score_kind`)."""
         from mxr0.eval.instruct import ranked_closed_accuracy, score_kind
-        from mxr0.generate import generate_batch
+        from mxr0.models.decoding import generate_batch
 
         ds = self.eval_ds
         metrics: dict[str, float] = {}
@@ -467,109 +345,6 @@ class ReportTask(Task):
                                    "--model <downloaded folder> --image frontal.png --image lateral.png`\nbuilds it "
                                    "and streams a report."),
                         (HALLUCINATION,))
-
-
-def answer_token_count(labels: torch.Tensor) -> torch.Tensor:
-    """Tokens predicted under the loss (label after the shift is not -100)."""
-    return (labels[:, 1:] != -100).sum()
-
-
-def answer_token_loss(logits: torch.Tensor, labels: torch.Tensor, num_items=None) -> torch.Tensor:
-    """Causal-LM cross-entropy over the answer tokens (labels -100 are ignored), as transformers computes it:
-    their sum divided by ``num_items``, or their mean when None."""
-    target = labels[:, 1:].to(logits.device)
-    total = nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=-100,
-                                        reduction="sum")
-    return total / (answer_token_count(labels).clamp_min(1) if num_items is None else num_items)
-
-
-def llava_core(model: nn.Module) -> nn.Module:
-    """The ``LlavaModel`` inside a (peft-wrapped) ``LlavaForConditionalGeneration``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
-
-
-@torch.no_grad()
-def cache_vision_features(model: nn.Module, datasets: list, device, batch_size: int = 32, limit_gb: float = 8.0) -> None:
-    """Compute the frozen vision tower's hidden states once for every example of ``datasets`` and make the
-    tower return them instead of recomputing (its weights and state-dict names are untouched)."""
-    from tqdm.auto import tqdm
-
-    core = llava_core(model)
-    tower = core.vision_tower
-    layer = model.config.vision_feature_layer
-    datasets = [d for d in datasets if d is not None]
-    n_images = len({path for d in datasets for ex in d.examples for _, path in ex.images})
-    vcfg = model.config.vision_config
-    size = int(datasets[0].transform.size)
-    p = int(np.ravel(vcfg.patch_size)[0])
-    tokens = (size // p) ** 2 + 1 + int(getattr(vcfg, "num_register_tokens", 0) or 0)
-    gb = n_images * tokens * vcfg.hidden_size * 2 / 1e9
-    if gb > limit_gb:
-        raise ConfigError(f"model.cache_features: {n_images} images x {tokens} tokens x {vcfg.hidden_size} would take "
-                          f"{gb:.1f} GB of RAM (limit {limit_gb} GB); turn the cache off for a set this size")
-    was_training = tower.training
-    tower.eval()
-    done: dict[tuple[str, ...], torch.Tensor] = {}  # examples of one study (VQA, grounding, …) share images
-    for ds in datasets:
-        feats: list[torch.Tensor] = []
-        for i in tqdm(range(len(ds)), desc="caching vision features", leave=False, mininterval=2.0):
-            key = tuple(path for _, path in ds.examples[i].images)
-            if key not in done:
-                px = ds.read_images(i).to(device)
-                hs = tower(pixel_values=px, output_hidden_states=True, return_dict=True).hidden_states[layer]
-                done[key] = hs.to("cpu", torch.float16)
-            feats.append(done[key])
-        ds.features = feats
-    tower.train(was_training)
-    n_states = int(vcfg.num_hidden_layers) + 1  # any vision_feature_layer index finds the cached state
-
-    def cached_forward(pixel_values=None, **kwargs):
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        if pixel_values is None or pixel_values.ndim != 3:
-            raise RuntimeError("the vision tower serves cached features: expected [images, tokens, width] inputs")
-        hs = pixel_values.to(next(core.multi_modal_projector.parameters()).dtype)
-        return BaseModelOutputWithPooling(last_hidden_state=hs, pooler_output=hs[:, 0], hidden_states=(hs,) * n_states)
-
-    tower.forward = cached_forward
-    log.info("cached vision features of %d images (%.2f GB float16)", n_images, gb)
-
-
-def restore_vision_tower(model: nn.Module) -> None:
-    tower = llava_core(model).vision_tower
-    if "forward" in tower.__dict__:
-        del tower.forward
-
-
-def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModelConfig, n_image_tokens: int) -> Path:
-    """The merged Hugging Face model + processor (+ ``adapter/`` when LoRA was used) + ``mxr0_report.json``."""
-    from transformers import LlavaProcessor
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, then merge for the export
-        model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-        model = model.merge_and_unload()
-    if getattr(model, "generation_config", None) is not None:  # plain `model.generate` stops at the end of the turn
-        from mxr0.data.chat import stop_token_ids
-
-        model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    vcfg = model.config.vision_config
-    processor = LlavaProcessor(image_processor=transform.to_image_processor(), tokenizer=tokenizer,
-                               patch_size=int(np.ravel(vcfg.patch_size)[0]),
-                               vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-                               num_additional_image_tokens=1 + int(getattr(vcfg, "num_register_tokens", 0) or 0),
-                               chat_template=tokenizer.chat_template)
-    processor.save_pretrained(out_dir)
-    transform.save_pretrained(out_dir, keep_existing=True)  # also for AutoImageProcessor (the processor file nests it)
-    settings = {k: getattr(cfg, k) for k in ("views", "context_sections", "target_sections", "instruction",
-                                             "system_prompt", "max_length", "max_new_tokens", "tasks", "box_format",
-                                             "vqa_answer_types", "grounding_prompt", "localisation_prompt",
-                                             "grounded_instruction", "max_new_tokens_short")}
-    settings["n_image_tokens"] = n_image_tokens
-    (out_dir / "mxr0_report.json").write_text(json.dumps(settings, indent=2))
-    return out_dir
 
 
 class InstructTask(ReportTask):

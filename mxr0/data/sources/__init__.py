@@ -15,8 +15,16 @@ Sources (``SOURCES``):
 - reports and labels: ``iu-xray``, ``mimic-cxr``, ``chexpert``, ``dicom-folder``;
 - visual question answering: ``slake`` (SLAKE, English), ``vqa-rad``, ``rexvqa``, ``medical-diff-vqa``
   (with the prior study as a ``prior`` image);
-- boxes: ``ms-cxr`` (phrases with boxes), ``nih-boxes`` (ChestX-ray14 ``BBox_List_2017.csv``),
-  ``vindr-cxr``, ``rsna-pneumonia``.
+- boxes: ``ms-cxr`` (phrases with boxes), ``nih-boxes`` (ChestX-ray14 ``BBox_List_2017.csv``, all 14 NIH
+  findings in ``source_labels``), ``vindr-cxr``, ``rsna-pneumonia``, ``tbx11k`` (COCO boxes);
+- masks: ``jsrt`` (lungs, heart, clavicles; nodule flag), ``siim-acr`` (pneumothorax RLE → PNG),
+  ``chexmask`` (lung / heart RLE rows for another source's images);
+- any anatomy: ``folder-csv`` (PNG / JPEG / DICOM files and a CSV), ``mura`` (MURA's ``XR_<PART>`` layout,
+  study-level abnormal flag), ``dicom-folder`` (anatomy from a CSV column or BodyPartExamined);
+- clinical notes: ``covid-notes`` (the Figure1 / Actualmed COVID-19 sets; notes as the indication).
+
+The record format (fields, source-specific labels, masks, priors) is described once, in
+:mod:`mxr0.data.records`.
 
 The modules are imported lazily, so importing this package is cheap. The helpers below (tables,
 JSON, labels, views, boxes, closed answers, relative paths, skip counting) are shared by the
@@ -74,6 +82,14 @@ SOURCES: dict[str, str] = {
     "nih-boxes": "mxr0.data.sources.nih_boxes:convert",
     "vindr-cxr": "mxr0.data.sources.vindr_cxr:convert",
     "rsna-pneumonia": "mxr0.data.sources.rsna_pneumonia:convert",
+    "tbx11k": "mxr0.data.sources.tbx11k:convert",
+    "jsrt": "mxr0.data.sources.jsrt:convert",
+    "siim-acr": "mxr0.data.sources.siim_acr:convert",
+    "chexmask": "mxr0.data.sources.chexmask:convert",
+    "covid-notes": "mxr0.data.sources.covid_notes:convert",
+    "mura": "mxr0.data.sources.mura:convert",
+    "folder-csv": "mxr0.data.sources.folder_csv:convert",
+    "merge": "mxr0.data.merge:convert",  # not a dataset: joins prepared records (MS-CXR boxes onto MIMIC-CXR reports)
 }
 
 
@@ -284,10 +300,20 @@ def records_path(out: str | os.PathLike, fmt: str) -> Path:
 
 
 class Skips:
-    """Counts skipped items by reason, logs the first few of each and a summary at the end."""
+    """Counts skipped items by reason, logs the first few of each and a summary at the end; `note`
+    counts things kept but changed (e.g. an unknown anatomy kept as ``other``) in ``notes``."""
 
     def __init__(self, source: str, show: int = 5):
         self.source, self.show, self.counts = source, show, Counter()
+        self.notes: Counter = Counter()
+
+    def note(self, reason: str, detail: str = "", n: int = 1) -> None:
+        """Count ``n`` kept-but-changed items for ``reason`` (the first ``show`` logged)."""
+        if n <= 0:
+            return
+        self.notes[reason] += n
+        if self.notes[reason] - n < self.show:
+            log.warning("%s: %s %s", self.source, reason, detail)
 
     def add(self, reason: str, detail: str = "", n: int = 1) -> None:
         """Count ``n`` skips for ``reason``; the first ``show`` of each reason are logged."""
@@ -303,6 +329,45 @@ class Skips:
         if self.counts:
             log.warning("%s: skipped in total: %s", self.source, text)
         return text
+
+
+def map_anatomy(value: Any, skips: Skips, where: str = "") -> str:
+    """``value`` (a BodyPartExamined code, a CSV cell, a MURA ``XR_*`` folder) as one of the record's
+    ``ANATOMIES`` (:func:`mxr0.data.records.anatomy_of`); an unknown non-empty value becomes ``other``
+    and is counted in ``skips.notes`` as ``"anatomy <VALUE> → other"`` (an empty one as ``"anatomy
+    missing → other"``)."""
+    from mxr0.data.records import anatomy_of
+
+    anatomy, known = anatomy_of(value)
+    if not known:
+        text = str(value or "").strip()
+        skips.note(f"anatomy {text.upper()!s} → other" if text else "anatomy missing → other", where)
+    return anatomy
+
+
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+               "valid": "validation", "validate": "validation", "dev": "validation", "test": "test"}
+
+
+def hash_split(key: str, validation: int = 10, test: int = 10) -> str:
+    """A deterministic split of ``key`` (SHA-256 buckets: ``validation`` % validation, ``test`` % test,
+    the rest train); the same key always lands in the same split (use the patient id to keep patients whole)."""
+    import hashlib
+
+    bucket = int(hashlib.sha256(("split:" + key).encode("utf-8")).hexdigest(), 16) % 100
+    return "train" if bucket < 100 - validation - test else "validation" if bucket < 100 - test else "test"
+
+
+def image_index(folder: Path, suffixes: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm")) -> dict[str, Path]:
+    """``{file name: path}`` and ``{stem: path}`` of the image files under ``folder`` (first found wins)."""
+    out: dict[str, Path] = {}
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in suffixes and p.is_file():
+            out.setdefault(p.name, p)
+            out.setdefault(p.stem, p)
+    return out
 
 
 def progress(iterable, desc: str, enabled: bool, total: int | None = None, unit: str = "study"):

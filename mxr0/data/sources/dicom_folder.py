@@ -15,9 +15,16 @@ The table has one row per study or per image and names the study in a key column
 - ``split`` (optional): ``train`` / ``validation`` (``val``, ``valid``, ``validate``) / ``test``; without
   it studies are assigned deterministically from a hash of the key (80 / 10 / 10 %);
 - ``sex`` (M/F/Male/Female) and ``age`` (years, ages above 89 recorded as 90, as HIPAA's safe harbour
-  requires) when present.
+  requires) when present;
+- anatomy: ``anatomy_column`` (default the first of ``anatomy``, ``body_part``, ``BodyPartExamined``,
+  ``bodypart`` present, any case), else the first image's ``BodyPartExamined`` tag, mapped to the
+  record's ``ANATOMIES`` by :func:`mxr0.data.records.anatomy_of` (``CHEST``, ``LSPINE``, ``HAND``, ``Knee``
+  …). An unknown value becomes ``other``; a study with no value at all gets ``default_anatomy`` (default
+  ``chest``); both are counted and logged;
+- ``view`` (optional, any case; ``view_column``): the view when the file's header has none (PNG / JPEG
+  files of `mxr0.data.sources.folder_csv`).
 
-Labels, report text, split, sex and age come from the first row of a study.
+Labels, report text, split, sex, age and anatomy come from the first row of a study.
 
 Privacy: records never receive a DICOM tag other than the view (``ViewPosition`` from
 :func:`mxr0.data.xray.read_dicom_meta`, which returns technical tags only). The ``study_id`` is
@@ -48,6 +55,7 @@ from mxr0.data.sources import (
     Skips,
     SourceError,
     frontal_first,
+    map_anatomy,
     normalise_view,
     parse_label,
     progress,
@@ -65,6 +73,8 @@ SOURCE = "dicom-folder"
 KEY_COLUMNS = ("StudyInstanceUID", "study_id", "study")
 PATH_COLUMNS = ("path", "file", "filename", "file_path", "dicom_path", "Path")
 TEXT_COLUMNS = ("report", "report_text", "text")
+ANATOMY_COLUMNS = ("anatomy", "body_part", "BodyPartExamined", "bodypart", "body part", "body_part_examined")
+VIEW_COLUMNS = ("view", "ViewPosition", "view_position", "projection")
 _SPLITS = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
            "validate": "validation", "test": "test"}
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F", "": "", "o": "", "u": "", "unknown": ""}
@@ -163,13 +173,28 @@ def _scan_studies(root: Path, show_progress: bool, skips: Skips) -> dict[str, li
     return out
 
 
+def _first_column(header: list[str], given: str | None, names: tuple[str, ...], what: str, table: Path) -> str | None:
+    if given is not None:
+        if given not in header:
+            raise SourceError(table, f"{what} column {given!r} not found; columns are {header}")
+        return given
+    found = _columns(header, names)
+    return next((found[n] for n in names if n in found), None)
+
+
 def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: str | os.PathLike, *,
                   key: str | None = None, path_column: str | None = None, study_id: str = "hash",
-                  salt: str | None = None, png_bits: int = 8, show_progress: bool = False) -> tuple[list[dict], Skips]:
+                  salt: str | None = None, png_bits: int = 8, show_progress: bool = False,
+                  anatomy_column: str | None = None, default_anatomy: str = "chest", view_column: str | None = None,
+                  source: str = SOURCE, id_prefix: str = "dcm-") -> tuple[list[dict], Skips]:
     """Convert the export: write PNGs under ``out_dir/images`` and return the records (see the module docstring).
 
     ``salt`` (see `study_id_salt`; default: the environment's or the folder's own random salt) keys the
-    hashed study ids."""
+    hashed study ids. ``source`` / ``id_prefix`` name the records of a wrapper (`folder_csv`)."""
+    from mxr0.data.records import ANATOMIES
+
+    if default_anatomy not in ANATOMIES:
+        raise ValueError(f"default_anatomy must be one of {list(ANATOMIES)}, got {default_anatomy!r}")
     root, table, out_dir = Path(root), Path(table), Path(out_dir)
     if study_id not in ("hash", "key"):
         raise ValueError(f"study_id must be 'hash' or 'key', got {study_id!r}")
@@ -189,7 +214,11 @@ def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: st
     cols = {"labels": _columns(header, CHEXPERT_LABELS), "sections": _columns(header, REPORT_SECTIONS),
             "text": _columns(header, TEXT_COLUMNS), "demo": _columns(header, ("sex", "age"))}
     split_col = next((h for h in header if h.lower() == "split"), None)
-    skips = Skips(SOURCE)
+    anatomy_col = _first_column(header, anatomy_column, ANATOMY_COLUMNS, "anatomy", table)
+    view_col = _first_column(header, view_column, VIEW_COLUMNS, "view", table)
+    skips = Skips(source)
+    anatomy_given: dict[str, bool] = {}
+    row_views: dict[str, list[str]] = {}
     studies: dict[str, dict] = {}
     files: dict[str, list[Path]] = {}
     for rowno, row in rows:
@@ -200,42 +229,74 @@ def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: st
             split = _SPLITS.get(row[split_col].lower()) if split_col and row[split_col] else _hash_split(k)
             if split is None:
                 raise SourceError(table, f"split {row[split_col]!r} is not train/validation/test", rowno, split_col)
-            sid = hashed_study_id(k, salt) if study_id == "hash" else k
-            studies[k] = {**empty_record(sid, split, SOURCE, "chest"), **_study_fields(row, table, rowno, cols)}
+            sid = hashed_study_id(k, salt).replace("dcm-", id_prefix, 1) if study_id == "hash" else k
+            studies[k] = {**empty_record(sid, split, source, default_anatomy), **_study_fields(row, table, rowno, cols)}
+            if anatomy_col and row[anatomy_col]:
+                studies[k]["anatomy"] = map_anatomy(row[anatomy_col], skips, f"({table.name} row {rowno})")
+                anatomy_given[k] = True
         if path_column is not None:
             if not row[path_column]:
                 raise SourceError(table, "empty file path", rowno, path_column)
             files.setdefault(k, []).append(root / row[path_column])
+            row_views.setdefault(k, []).append(row[view_col] if view_col else "")
     if path_column is None:
         scanned = _scan_studies(root, show_progress, skips)
         files = {k: scanned.get(k, []) for k in studies}
         skips.add("DICOM study not in the table", n=len(set(scanned) - set(studies)))
     records = []
-    for k, rec in progress(studies.items(), "dicom-folder", show_progress, len(studies)):
+    for k, rec in progress(studies.items(), source, show_progress, len(studies)):
         images = []
-        for p in files.get(k, []):
+        body_part = None
+        views = row_views.get(k, [])
+        for j, p in enumerate(files.get(k, [])):
             try:
-                view = normalise_view(read_dicom_meta(p)["ViewPosition"])
+                meta = read_dicom_meta(p) if _is_dicom(p) else {}
+                view = normalise_view(meta.get("ViewPosition") or (views[j] if j < len(views) else ""))
+                body_part = body_part or meta.get("BodyPartExamined")
                 dest = Path("images") / rec["study_id"] / f"{len(images)}.png"
                 write_png(out_dir / dest, read_xray(p), bits=png_bits)
             except (XrayReadError, FileNotFoundError) as e:
-                skips.add("unreadable or missing DICOM", str(e).splitlines()[0])
+                skips.add("unreadable or missing image" if source != SOURCE else "unreadable or missing DICOM",
+                          str(e).splitlines()[0])
                 continue
             images.append({"path": dest.as_posix(), "view": view, "role": "current"})
         if not images:
             skips.add("study without any readable image", rec["study_id"])
             continue
+        if not anatomy_given.get(k):
+            if body_part:
+                rec["anatomy"] = map_anatomy(str(body_part), skips, f"(BodyPartExamined of study {rec['study_id']})")
+            else:
+                skips.note(f"anatomy missing (no column value, no BodyPartExamined) → {default_anatomy}", rec["study_id"])
         rec["images"] = frontal_first(images)
         records.append(rec)
+    if skips.notes:
+        log.warning("%s: anatomy: %s", source, ", ".join(f"{n} {r}" for r, n in skips.notes.most_common()))
     return records, skips
+
+
+def _is_dicom(path: Path) -> bool:
+    """A ``.dcm`` file, or a file with the DICOM preamble (``DICM`` at byte 128)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike, key: str | None = None,
             path_column: str | None = None, study_id: str = "hash", salt: str | None = None, png_bits: int = 8,
+            anatomy_column: str | None = None, default_anatomy: str = "chest",
             fmt: str = "jsonl", show_progress: bool = True) -> Path:
     """Convert the DICOM export under ``root`` described by ``table`` into ``out/records.jsonl``."""
     path = records_path(out, fmt)
     records, skips = build_records(root, table, path.parent, key=key, path_column=path_column, study_id=study_id,
-                                   salt=salt, png_bits=png_bits, show_progress=show_progress)
+                                   salt=salt, png_bits=png_bits, show_progress=show_progress,
+                                   anatomy_column=anatomy_column, default_anatomy=default_anatomy)
     log.info("%s: %d studies (skipped: %s)", SOURCE, len(records), skips.summary())
     return write_records(records, path)

@@ -138,6 +138,7 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
                 continue
         else:
             rec["images"].append({"path": relative_path(prior_path, out_dir), "view": prior[2], "role": "prior"})
+            rec["prior_study_id"] = f"s{ref}"  # the reference study, under the MIMIC-CXR converter's id
         records.append(rec)
     return records, skips
 

@@ -28,7 +28,12 @@ else NIH's own name (Infiltrate, Mass, Nodule); ``phrase`` the finding in words 
 uncertainty): Atelectasis, Cardiomegaly, Consolidation, Edema, Effusion → Pleural Effusion,
 Pneumonia, Pneumothorax as named; Infiltration / Infiltrate → Lung Opacity; Mass, Nodule → Lung
 Lesion; Pleural_Thickening → Pleural Other; No Finding → No Finding. Emphysema, Fibrosis and Hernia
-have no CheXpert observation and are dropped from the labels.
+have no CheXpert observation and are not in ``labels``. All 14 NIH findings are kept as NIH labels them in
+``source_labels`` (``nih:Atelectasis`` … ``nih:Pneumothorax``, NIH's spelling, ``NIH_FINDINGS_14``): for an
+image with a ``Data_Entry`` row each is 1 when listed and 0 otherwise (NIH's labels are binary per image:
+"No Finding" means all 14 are 0); an image known only from its boxes gets 1 for its boxed findings only.
+``data_entry`` may also be a wide table (``Image Index`` and one 0 / 1 column per finding, as the
+``labels_subset`` copies and many Kaggle re-releases have it).
 
 One record per image (``study_id`` ``nih-<image stem>``); ``all_images=True`` also writes every
 ``Data_Entry`` image without boxes (a labels-only ChestX-ray14 set). A box row whose finding lists
@@ -59,7 +64,7 @@ from mxr0.data.sources import (
     single_image_records,
 )
 
-__all__ = ["BOX_LABELS", "IMAGE_LABELS", "FRAME", "build_records", "convert", "read_bbox_list"]
+__all__ = ["BOX_LABELS", "IMAGE_LABELS", "FRAME", "NIH_FINDINGS_14", "build_records", "convert", "read_bbox_list"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,11 @@ IMAGE_LABELS: dict[str, str] = {  # NIH finding → CheXpert observation (positi
     "Pleural_Thickening": "Pleural Other", "No Finding": "No Finding",
 }
 NIH_FINDINGS = set(IMAGE_LABELS) | {"Emphysema", "Fibrosis", "Hernia"}
+NIH_FINDINGS_14: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+"""ChestX-ray14's 14 findings (NIH's spelling); ``source_labels`` keys ``nih:<finding>``."""
 _SEX = {"M": "M", "F": "F"}
 
 
@@ -121,11 +131,25 @@ def _entry_record(rec: dict, row: dict, path: Path, rowno: int, skips: Skips) ->
         skips.add("age out of range (kept as unknown)", f"{path.name} row {rowno}: {row.get('Patient Age')!r}")
         age = None
     rec["age"] = age
-    for finding in filter(None, (s.strip() for s in row.get("Finding Labels", "").split("|"))):
+    if "Finding Labels" in row:
+        listed = list(filter(None, (s.strip() for s in row.get("Finding Labels", "").split("|"))))
+    else:  # a wide table: one 0 / 1 column per finding
+        listed = []
+        for finding in (*NIH_FINDINGS_14, "No Finding"):
+            cell = row.get(finding, "").strip()
+            if cell not in ("", "0", "1", "0.0", "1.0"):
+                raise SourceError(path, f"{cell!r} is not 0 or 1", rowno, finding)
+            if cell in ("1", "1.0"):
+                listed.append(finding)
+    for finding in listed:
         if finding not in NIH_FINDINGS:
             raise SourceError(path, f"unknown finding {finding!r}", rowno, "Finding Labels")
         if finding in IMAGE_LABELS:
             rec["labels"][IMAGE_LABELS[finding]] = 1
+    canonical = {"Infiltrate": "Infiltration"}
+    found = {canonical.get(f, f) for f in listed}
+    for finding in NIH_FINDINGS_14:
+        rec["source_labels"][f"nih:{finding}"] = int(finding in found)
 
 
 def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, bbox: str | os.PathLike | None = None,
@@ -183,7 +207,11 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, bbox: 
     box_images = set(studies)
     in_entry: set[str] = set()
     if entry_path is not None:
-        for rowno, row in read_table(entry_path, ("Image Index", "Finding Labels")):
+        rows = read_table(entry_path, ("Image Index",))
+        for rowno, row in rows:
+            if rowno == 2 and "Finding Labels" not in row and not any(f in row for f in NIH_FINDINGS_14):
+                raise SourceError(entry_path, f"neither a 'Finding Labels' column nor one column per NIH finding; "
+                                              f"found {list(row)}", 1)
             name = row["Image Index"]
             if name in box_images or all_images:
                 _entry_record(record(name), row, entry_path, rowno, skips)
@@ -193,6 +221,7 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, bbox: 
         for b in studies[name]["boxes"]:
             finding = next(k for k, v in BOX_LABELS.items() if v[0] == b["label"])
             studies[name]["labels"][IMAGE_LABELS[finding]] = 1
+            studies[name]["source_labels"][f"nih:{'Infiltration' if finding == 'Infiltrate' else finding}"] = 1
     if defaulted:
         log.warning("%s: %d images are in no official split list (train_val_list.txt / test_list.txt under %s): "
                     "put in %s", SOURCE, len(defaulted), root, default_split)

@@ -12,7 +12,7 @@
 - `memory_per_gpu`: the training state (weights, gradients, AdamW states, DDP buckets, the unsharded working set
   of ZeRO-3 / FSDP) and activations per GPU for each ``accelerate_configs/`` launcher, by the rules written out in
   ``docs/scaling.md``.
-- ``python -m mxr0.models.sizing``: the table of every production recipe that ``docs/scaling.md`` shows.
+- ``python -m mxr0.train.sizing``: the table of every production recipe that ``docs/scaling.md`` shows.
 """
 
 from __future__ import annotations
@@ -25,46 +25,14 @@ import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mxr0.config import ConfigError
+from mxr0.models.vlm import check_image_token_budget, image_tokens_per_image  # noqa: F401 (re-exported: the budget check lives with the VLM build)
 
 REPO = Path(__file__).resolve().parents[2]
 HUB_CONFIGS = REPO / "tests" / "fixtures" / "hub_configs"
 PRODUCTION_RECIPES = ("classify_rad_dino", "mxr0_align", "xr0_pretrain", "mxr0_report_stage1", "mxr0_report",
                       "mxr0_grounding", "mxr0_vqa", "mxr0_mixture")
 LAUNCHERS = ("ddp", "fsdp", "zero2", "zero3", "zero3_offload")
-MIN_ANSWER_TOKENS = 8
-"""`mxr0.data.chat.encode_example` refuses an example with room for fewer answer tokens than this."""
 GB = 1e9
-
-
-# --- image-token budget -------------------------------------------------------------------------------
-def check_image_token_budget(cfg, tokens_per_image: int) -> None:
-    """Raise `ConfigError` when an example of some kind of ``cfg.tasks`` cannot fit ``cfg.max_length``: its
-    images (``len(cfg.views)`` for reports, 1 for VQA / grounding / localisation) x ``tokens_per_image`` plus
-    the answer's generation limit (``max_new_tokens`` / ``max_new_tokens_short``)."""
-    weights = getattr(cfg, "tasks", None) or {"report": 1.0}
-    for kind in [k for k, w in weights.items() if w > 0]:
-        report_like = kind in ("report", "grounded_report")
-        n = len(cfg.views) if report_like else 1
-        image = n * int(tokens_per_image)
-        answer = int(cfg.max_new_tokens if report_like else cfg.max_new_tokens_short)
-        what = f"{n} image{'s' if n > 1 else ''} x {tokens_per_image:,} tokens = {image:,} image tokens"
-        fix = ("raise model.max_length (image tokens + prompt + answer), or give fewer model.views / a smaller "
-               "image size")
-        if image + MIN_ANSWER_TOKENS > cfg.max_length:
-            rel = ">" if image > cfg.max_length else f"leave under {MIN_ANSWER_TOKENS} tokens of"
-            raise ConfigError(f"{kind} examples: {what} {rel} model.max_length {cfg.max_length}: no room for the "
-                              f"prompt and the answer; {fix}")
-        if image + answer > cfg.max_length:
-            limit = "max_new_tokens" if report_like else "max_new_tokens_short"
-            raise ConfigError(f"{kind} examples: {what} + model.{limit} {answer:,} = {image + answer:,} tokens > "
-                              f"model.max_length {cfg.max_length}: answers would be cut in training; {fix}")
-
-
-def image_tokens_per_image(vision_config, image_size: int, select_strategy: str = "default") -> int:
-    from mxr0.models.vlm import image_token_count
-
-    return image_token_count(vision_config, image_size, select_strategy)
 
 
 # --- closed-form parameter counts -----------------------------------------------------------------------
