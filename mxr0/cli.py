@@ -52,7 +52,7 @@ def cmd_prepare(args) -> int:
     """``mxr0 prepare``: every output folder is written under its lock (``.mxr0-prepare.lock``): a second
     run into the same folder waits for the first (up to ``$MXR0_PREPARE_LOCK_TIMEOUT`` s, default 3600)
     and then reuses or rewrites it; a folder is marked complete only after every file is verified."""
-    from mxr0.data.records import FolderBusyError, IncompleteFolderError
+    from mxr0.data.records import FolderBusyError, IncompleteFolderError  # lazy: --help stays free of torch
 
     try:
         return _cmd_prepare(args)
@@ -62,7 +62,7 @@ def cmd_prepare(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from mxr0.data.sources import SOURCES
+    from mxr0.data.sources import SOURCES  # lazy: --help stays free of torch
 
     if args.source == "cache":
         return _prepare_cache(args, None)
@@ -73,7 +73,7 @@ def _cmd_prepare(args) -> int:
     out = args.out or f"data_cache/{args.source}"
     if args.source != "phantom":
         return _prepare_source(args, out)
-    from mxr0.data.phantom import generate_phantom, preview_grid
+    from mxr0.data.phantom import generate_phantom, preview_grid  # lazy: --help stays free of torch
 
     t0 = time.perf_counter()
     path = generate_phantom(out, n_studies=args.n, image_size=args.size, seed=args.seed,
@@ -95,7 +95,7 @@ _MASK_SOURCES = ("jsrt", "siim-acr", "chexmask", "tbx11k", "covid-notes", "mura"
 def _prepare_source(args, out: str) -> int:
     """``mxr0 prepare <source>`` (iu-xray, mimic-cxr, chexpert, dicom-folder and the VQA / box sources):
     run the source's converter."""
-    from mxr0.data.sources import SourceError, convert
+    from mxr0.data.sources import SourceError, convert  # lazy: --help stays free of torch
 
     if not args.root:
         print(f"mxr0 prepare {args.source}: --root (the dataset folder) is required", file=sys.stderr)
@@ -105,7 +105,7 @@ def _prepare_source(args, out: str) -> int:
         opts.update(images=args.images, report_only=args.report_only, unsplit=args.unsplit)
     elif args.source == "mimic-cxr":
         opts.update(reports=args.reports, labeler=None if args.labeler == "none" else args.labeler,
-                    check_images=not args.no_check_images)
+                    check_images=not args.no_check_images, priors=not args.no_priors)
     elif args.source == "chexpert":
         opts.update(check_images=not args.no_check_images)
     elif args.source in _QA_BOX_SOURCES:
@@ -161,7 +161,7 @@ def _prepare_source(args, out: str) -> int:
 def _prepare_cache(args, records) -> int:
     """``--cache-size N``: cache the images of ``records`` in ``<records folder>/cache-N``; with
     ``records=None`` (``mxr0 prepare cache``) those of ``--root``, into ``--out`` if given."""
-    from mxr0.data.cache import build_cache
+    from mxr0.data.cache import build_cache  # lazy: --help stays free of torch
 
     if records is None:
         if not args.root or not args.cache_size:
@@ -190,8 +190,8 @@ def _prepare_cache(args, records) -> int:
 
 
 def cmd_train(args) -> int:
-    from mxr0.config import load_recipe
-    from mxr0.train.loop import train
+    from mxr0.config import load_recipe  # lazy: --help stays free of torch
+    from mxr0.train.loop import train  # lazy: --help stays free of torch
 
     recipe = load_recipe(args.recipe, args.overrides)
     result = train(recipe, resume=args.resume)
@@ -204,8 +204,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval_classify(args) -> int:
-    from mxr0.data.records import read_records
-    from mxr0.eval.classify import evaluate_classifier, markdown_table
+    from mxr0.data.records import read_records  # lazy: --help stays free of torch
+    from mxr0.eval.classify import evaluate_classifier, markdown_table  # lazy: --help stays free of torch
 
     records = read_records(args.data, splits=[args.split])
     if args.anatomies:
@@ -219,7 +219,7 @@ def cmd_eval_classify(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from mxr0.models.download import ModelNotFound
+    from mxr0.models.download import ModelNotFound  # lazy: --help stays free of torch
 
     try:
         return _generate(args)
@@ -229,7 +229,7 @@ def cmd_generate(args) -> int:
 
 
 def _generate(args) -> int:
-    from mxr0.generate import generate_split, generate_study
+    from mxr0.generate import generate_split, generate_study  # lazy: --help stays free of torch
 
     if args.image and args.data:
         print("mxr0 generate: give either --image (one study) or --data (a split), not both", file=sys.stderr)
@@ -254,7 +254,7 @@ def _generate(args) -> int:
                          seed=args.seed, revision=args.revision)
     print(f"[mxr0] predictions: {out}")
     if args.write_refs:
-        from mxr0.generate import load_settings, write_references
+        from mxr0.generate import load_settings, write_references  # lazy: --help stays free of torch
 
         sections = load_settings(args.model, args.revision)["target_sections"]
         refs = write_references(records, args.write_refs, sections)
@@ -264,7 +264,7 @@ def _generate(args) -> int:
 
 def _split_records(args) -> list[dict]:
     """The records of ``--data`` / ``--split`` after ``--anatomies`` and ``--limit``."""
-    from mxr0.data.records import read_records
+    from mxr0.data.records import read_records  # lazy: --help stays free of torch
 
     records = read_records(args.data, splits=[args.split])
     if args.anatomies:
@@ -274,7 +274,7 @@ def _split_records(args) -> list[dict]:
 
 def _generate_task(args) -> int:
     """``mxr0 generate --task vqa|grounding|localisation|grounded_report``: one image + --prompt, or a split."""
-    from mxr0.generate import ask_image, generate_task
+    from mxr0.generate import ask_image, generate_task  # lazy: --help stays free of torch
 
     if args.image:
         if not args.prompt:
@@ -302,17 +302,17 @@ def _generate_task(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        from mxr0.serve.app import serve
+        from mxr0.serve.app import serve  # lazy: fastapi / uvicorn are the optional serve extra; torch loads here
     except ImportError as e:
         print(f"mxr0 serve: {e.name or e} is missing: install the serve extra (pip install -e '.[serve]')", file=sys.stderr)
         return 1
-    from mxr0.models.download import ModelNotFound
+    from mxr0.models.download import ModelNotFound  # lazy: keeps `mxr0 --help` from importing torch
 
     try:
         serve(args.model, align=args.align, classifier=args.classifier, host=args.host, port=args.port,
               token=args.token or os.environ.get("MXR0_SERVE_TOKEN") or None, cors_origins=args.cors_origin,
               max_batch=args.max_batch, max_queue=args.max_queue, max_body_mb=args.max_body_mb, device=args.device,
-              name=args.name)
+              name=args.name, batch_wait_ms=args.batch_wait_ms, precision=args.precision)
     except (ModelNotFound, FileNotFoundError, ValueError, OSError) as e:
         print(f"mxr0 serve: {e}", file=sys.stderr)
         return 2
@@ -320,7 +320,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mxr0.train.export import export_checkpoint
+    from mxr0.train.export import export_checkpoint  # lazy: --help stays free of torch
 
     out = export_checkpoint(args.run_dir, checkpoint=args.checkpoint, out_dir=args.out)
     print(f"[mxr0] exported {out}")
@@ -328,8 +328,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_export_encoder(args) -> int:
-    from mxr0.models.encoder import EncoderSourceError
-    from mxr0.models.encoder_export import export_encoder
+    from mxr0.models.encoder import EncoderSourceError  # lazy: --help stays free of torch
+    from mxr0.models.encoder_export import export_encoder  # lazy: --help stays free of torch
 
     try:
         out = export_encoder(args.source, args.out, overwrite=args.overwrite)
@@ -341,7 +341,7 @@ def cmd_export_encoder(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from mxr0.hub import HubError, push_run, render_model_card
+    from mxr0.hub import HubError, push_run, render_model_card  # lazy: --help stays free of torch
 
     try:
         if args.card_only:
@@ -360,7 +360,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from mxr0.config import describe, dump_recipe, load_recipe
+    from mxr0.config import describe, dump_recipe, load_recipe  # lazy: --help stays free of torch
 
     recipe = load_recipe(args.recipe, args.overrides)
     print("\n".join(describe(recipe)) if args.action == "show" else dump_recipe(recipe))
@@ -368,7 +368,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from mxr0.demo import run_demo
+    from mxr0.demo import run_demo  # lazy: --help stays free of torch
 
     return run_demo(out=args.out, data=args.data, fast=args.fast, xr0=not args.skip_xr0, report=not args.skip_report)
 
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--reports", help="mimic-cxr: the mimic-cxr-reports folder (default ROOT/mimic-cxr-reports)")
     pr.add_argument("--labeler", choices=["chexpert", "negbio", "none"], default="chexpert",
                     help="mimic-cxr: which label table to read")
+    pr.add_argument("--no-priors", action="store_true",
+                    help="mimic-cxr: do not link studies to the same subject's previous study (StudyDate / StudyTime)")
     pr.add_argument("--ms-cxr", help="merge: the MS-CXR records (file or folder of `mxr0 prepare ms-cxr`); --root "
                     "is the MIMIC-CXR records folder")
     pr.add_argument("--no-check-laterality", action="store_true",
@@ -474,9 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="write the metrics as JSON here")
     e.set_defaults(fn=cmd_eval_classify)
 
-    from mxr0.eval import align_cli
-    from mxr0.eval.reports import cli as reports_cli
-    from mxr0.eval.vision import cli as vision_cli
+    from mxr0.eval import align_cli  # lazy: --help stays free of torch
+    from mxr0.eval.reports import cli as reports_cli  # lazy: --help stays free of torch
+    from mxr0.eval.vision import cli as vision_cli  # lazy: --help stays free of torch
 
     er = esub.add_parser("reports", help="CheXbert F1, RadGraph F1, BLEU/ROUGE-L/CIDEr-D with bootstrap CIs",
                          description=reports_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -542,8 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--name", default=None, help="the VLM's model id in the API (default: the run folder's name)")
     sv.add_argument("--max-batch", type=int, default=16, help="requests per batched generate call")
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    sv.add_argument("--batch-wait-ms", type=float, default=50.0,
+                    help="how long an idle worker waits for requests still being prepared before starting a batch")
     sv.add_argument("--max-body-mb", type=float, default=48, help="request size limit in MiB (413 above)")
     sv.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    sv.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "bf16-weights", "auto"],
+                    help="the VLM's precision (mxr0.precision; batched = one-by-one identity holds in fp32 only)")
     sv.set_defaults(fn=cmd_serve)
 
     x = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face folder (LoRA merged)")
@@ -585,8 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mxr0.config import ConfigError
-    from mxr0.train.checkpoint import CheckpointError
+    from mxr0.config import ConfigError  # lazy: --help stays free of torch
+    from mxr0.train.checkpoint import CheckpointError  # lazy: --help stays free of torch
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)

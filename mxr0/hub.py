@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mxr0 import __version__
+from mxr0.eval.align import markdown_report as alignment_markdown
+from mxr0.eval.reports.api import markdown_report as reports_markdown
+from mxr0.eval.vision.report import to_markdown
 from mxr0.models.download import is_hub_id, scrub_tokens  # noqa: F401 (moved; re-exported)
+from mxr0.tasks import get_task_class
+from mxr0.tasks.base import Task
 
 log = logging.getLogger("mxr0.hub")
 
@@ -361,18 +368,15 @@ def eval_section(path: Path, label: str) -> tuple[str, bool] | None:
     res = _read_json(path)
     kind = _kind_of(res)
     if kind == "vision":
-        from mxr0.eval.vision.report import to_markdown
 
         md = to_markdown(res, title=f"Frozen-encoder evaluation ({label})")
         return _demote(md, 1).strip() + "\n", bool(_has_fairness(res))
     if kind == "reports":
-        from mxr0.eval.reports.api import markdown_report
 
-        return markdown_report(res, title=f"Report generation ({label})"), _has_fairness(res)
+        return reports_markdown(res, title=f"Report generation ({label})"), _has_fairness(res)
     if kind == "align":
-        from mxr0.eval.align import markdown_report
 
-        return markdown_report(res, title=f"Alignment ({label})").strip() + "\n", False
+        return alignment_markdown(res, title=f"Alignment ({label})").strip() + "\n", False
     if kind == "training":
         return f"### {label}\n\n" + _training_metrics_md(res), False
     if isinstance(res, dict):
@@ -409,8 +413,6 @@ def find_eval_outputs(run_dir: Path) -> list[Path]:
 def card_info_of(task: str, repo: str, export: Path):
     """The task's model-card details (`mxr0.tasks.base.CardInfo`: pipeline tag, summary, usage snippet,
     limitations), declared by the task class; a task mxr0 does not know gets the generic ones."""
-    from mxr0.tasks import get_task_class
-    from mxr0.tasks.base import Task
 
     try:
         cls = get_task_class(task)
@@ -434,7 +436,6 @@ def render_model_card(run_dir: str | os.PathLike, extra_eval: Sequence[str | os.
     encoder / vision / text / llm`` that are Hub ids (local paths are never listed).
     ``repo_id``: the Hub repository, used in the loading snippet. ``datasets``: Hub dataset ids.
     """
-    from mxr0 import __version__
 
     run_dir = Path(run_dir)
     raw = _load_recipe_raw(run_dir)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # several processes: out of the quick loop (-m 'not slow')
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "_align_dist_step.py"
 

@@ -198,19 +198,23 @@ def test_bf16_greedy_generation_mostly_identical_and_recorded(tiny_vlm, tmp_path
 
 
 # --- training loop: train.mixed_precision: bf16 --------------------------------------------------
-def test_training_loop_bf16_on_cpu_keeps_fp32_master_weights_and_optimizer_state(phantom_small, tmp_path):
+@pytest.mark.parametrize("recipe", ["classify", "xr0_pretrain"])
+def test_training_loop_bf16_on_cpu_keeps_fp32_master_weights_and_optimizer_state(recipe, phantom_small, tmp_path):
     """Through the recipe setting only (mxr0/train/loop.py unchanged): bf16 autocast on the CPU, finite
-    losses, parameters and AdamW moments in fp32."""
+    losses, parameters (the SSL teacher, updated by EMA, included) and AdamW moments in fp32."""
     from mxr0.config import load_recipe
     from mxr0.train.loop import train
 
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # another test of this process may have set "no"
     out = tmp_path / "run"
-    res = train(load_recipe(REPO / "recipes/tiny/classify.yaml", [
+    res = train(load_recipe(REPO / f"recipes/tiny/{recipe}.yaml", [
         "data.source=records", f"data.path={phantom_small}", f"train.output_dir={out}", "train.max_steps=4",
         "train.mixed_precision=bf16", "train.eval_every=0", "train.save_every=4", "train.progress=false",
-        "train.trackers=[jsonl]", "train.batch_size=8"]))
+        "train.trackers=[jsonl]", "train.batch_size=8", "train.log_every=1"]))
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    losses = [r["loss"] for r in logs if "loss" in r]
+    losses = [r["train/loss"] for r in logs if "train/loss" in r]
     assert losses and all(np.isfinite(losses))
     ckpt = sorted((out / "checkpoints").glob("step-*"))[-1]
     opt = next(ckpt.rglob("optimizer*.bin"), None)
@@ -218,6 +222,13 @@ def test_training_loop_bf16_on_cpu_keeps_fp32_master_weights_and_optimizer_state
     state = torch.load(str(opt), map_location="cpu", weights_only=False)["state"]
     dtypes = {v.dtype for s in state.values() for v in s.values() if torch.is_tensor(v) and v.ndim}
     assert dtypes == {torch.float32}, dtypes
+    from safetensors.torch import load_file
+
+    weights = load_file(str(next(ckpt.rglob("model*.safetensors"))))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
+    if recipe == "xr0_pretrain":
+        assert any("teacher" in k for k in weights), list(weights)[:5]
+    AcceleratorState._reset_state(reset_partial_state=True)
     assert res is not None
 
 

@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _invariance_run import align_tokenizer, run_all, step_logs  # noqa: E402
 
+pytestmark = pytest.mark.slow  # several processes: out of the quick loop (-m 'not slow')
+
 SCRIPT = HERE / "_invariance_run.py"
 B = 4
 LOSS_RTOL = 1e-5  # measured: ≤ 2.6e-7

@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # several processes: out of the quick loop (-m 'not slow')
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "accelerate_configs"
 DRIVER = Path(__file__).resolve().parent / "_launch_matrix_driver.py"

@@ -17,7 +17,7 @@ import pytest
 def fake_generation(monkeypatch):
     """generate_split with the model, the dataset and generation replaced by stand-ins (no weights)."""
     import mxr0.generate as gen
-    import mxr0.tasks.report as report
+    import mxr0.data.report_dataset as report_dataset
 
     class DS:
         def __init__(self, records, *a, **k):
@@ -38,7 +38,8 @@ def fake_generation(monkeypatch):
     monkeypatch.setattr(gen, "load_vlm", lambda *a, **k: (None, None, None, {"n_image_tokens": 1}))
     monkeypatch.setattr(gen, "_config_from", lambda settings: SimpleNamespace(max_new_tokens=4))
     monkeypatch.setattr(gen, "generate_batch", fake_batch)
-    monkeypatch.setattr(report, "ReportDataset", DS)
+    monkeypatch.setattr(report_dataset, "ReportDataset", DS)
+    monkeypatch.setattr(gen, "ReportDataset", DS, raising=False)
     return gen, calls
 
 

@@ -19,6 +19,8 @@ import torch
 
 from mxr0.config import load_recipe
 
+pytestmark = pytest.mark.slow  # a learning test (minutes): out of the quick loop (-m 'not slow')
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny" / "xr0_pretrain.yaml"
 

@@ -31,22 +31,23 @@ from typing import Any, Literal
 import yaml
 
 from mxr0.config.checks import (  # noqa: F401 (re-exported: mxr0.config is the public face)
-    ConfigError,
-    FieldError,
-    check_value,
-    check_ranges,
-    check_choices,
-    check_text,
-    check_pair,
-    check_mean_std,
-    check_format,
-    check_regex,
-    hf_config_keys,
-    check_hf_config,
     SEED_MAX,
     TRACKERS,
+    ConfigError,
+    FieldError,
+    check_choices,
+    check_format,
+    check_hf_config,
+    check_mean_std,
+    check_pair,
+    check_ranges,
+    check_regex,
+    check_text,
+    check_value,
+    hf_config_keys,
 )
 from mxr0.config.tasks import TASK_MODEL_CONFIGS
+from mxr0.data.records import ANATOMIES, SPLITS, VIEWS
 
 
 @dataclass
@@ -97,7 +98,6 @@ class DataConfig:
     run folder's ``bad_samples.txt`` before the run stops with an error; 0 tolerates none."""
 
     def __post_init__(self):
-        from mxr0.data.records import ANATOMIES, SPLITS, VIEWS
 
         check_text(self, "path", "a records file or folder")
         for i, p in enumerate(self.extra_paths):

@@ -10,7 +10,6 @@ import re
 import typing
 from typing import Any
 
-
 SEED_MAX = 2**31 - 1
 """Largest seed (numpy's seeding takes < 2**32; ranks add their index)."""
 TRACKERS = ("jsonl", "tensorboard", "wandb")

@@ -7,7 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mxr0.data.records import CHEXPERT_LABELS
+from mxr0.config import (
+    FieldError,
+    check_choices,
+    check_format,
+    check_hf_config,
+    check_mean_std,
+    check_pair,
+    check_ranges,
+    check_regex,
+    check_value,
+    hf_config_keys,
+)
+from mxr0.data.prompts import merged_prompts
+from mxr0.data.records import CHEXPERT_LABELS, REPORT_SECTIONS
 
 KINDS = ("report", "vqa", "grounding", "localisation", "grounded_report")
 """The kinds of chat examples an instruction recipe mixes (``model.tasks`` weights them; `mxr0.data.instruct`
@@ -45,7 +58,6 @@ class ClassifyModelConfig:
     rotation); never flips, because laterality matters."""
 
     def __post_init__(self):
-        from mxr0.config import FieldError, check_choices, check_hf_config, check_mean_std, check_value
 
         check_value("image_size", self.image_size, "[1, inf)")
         check_mean_std(self)
@@ -184,7 +196,6 @@ class SSLModelConfig:
     """Neighbours of the in-training kNN evaluation."""
 
     def __post_init__(self):
-        from mxr0.config import FieldError, check_hf_config, check_mean_std, check_pair, check_ranges
 
         check_hf_config(self, "encoder_config", "Dinov2WithRegistersConfig", aliases=("intermediate_size",),
                         reserved={"image_size": "set model.global_crop_size", "drop_path_rate": "set model.drop_path_rate"})
@@ -290,8 +301,6 @@ class AlignModelConfig:
     """Overrides of the zero-shot prompts: {observation: {positive: [...], negative: [...]}}."""
 
     def __post_init__(self):
-        from mxr0.config import FieldError, check_choices, check_hf_config, check_mean_std, check_ranges
-        from mxr0.data.records import REPORT_SECTIONS
 
         check_hf_config(self, "vision_config", "Dinov2WithRegistersConfig", aliases=("intermediate_size",),
                         reserved={"image_size": "set model.image_size"})
@@ -309,7 +318,6 @@ class AlignModelConfig:
             raise FieldError("gather_with_grad", "needs model.local_loss=true (without gradient through the "
                              "gather, a full loss on every rank trains only on local pairs)", self.gather_with_grad)
         if self.zero_shot_prompts:
-            from mxr0.data.prompts import merged_prompts
 
             try:
                 merged_prompts(self.zero_shot_prompts)
@@ -409,8 +417,6 @@ class ReportModelConfig:
     """Generation limit for VQA answers and box lists."""
 
     def __post_init__(self):
-        from mxr0.config import (FieldError, check_choices, check_format, check_hf_config, check_mean_std,
-                                 check_ranges, check_regex, check_value, hf_config_keys)
 
         vis = check_hf_config(self, "vision_config", "Dinov2WithRegistersConfig", aliases=("intermediate_size",),
                               reserved={"image_size": "set model.image_size"})

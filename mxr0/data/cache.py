@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from mxr0.data.records import IncompleteFolderError, folder_lock, missing_files, read_records, write_records
+from mxr0.data.xray import XrayReadError, read_xray, write_png
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,6 @@ def _write_mask(src: Path, dest: Path, size: int) -> tuple[int, int]:
         nh, nw = cached_size(h, w, size)
         out = im if (nh, nw) == (h, w) else im.resize((nw, nh), Image.Resampling.NEAREST)
         arr = np.asarray(out)
-    from mxr0.data.xray import write_png
 
     write_png(dest, arr.astype(np.float32) / 255.0, bits=8)
     return h, w
@@ -138,7 +138,6 @@ def _write_mask(src: Path, dest: Path, size: int) -> tuple[int, int]:
 def _cache_one(job: tuple[str, str, str], out_dir: str, size: int, bits: int) -> tuple[str, str, str]:
     """Cache one source file. Returns ``(status, name or "", reason or "")`` with status
     ``written``, ``skipped`` (already cached) or ``failed``. Never raises for a bad file."""
-    from mxr0.data.xray import XrayReadError, read_xray, write_png
 
     kind, key, src = job
     try:

@@ -35,6 +35,8 @@ import torch
 
 from mxr0.config.tasks import KINDS  # noqa: F401 (the example kinds a recipe weights; re-exported)
 from mxr0.data.boxes_text import OBJ, TOKEN_BOX, format_boxes, parse_boxes
+from mxr0.data.text import split_sentences
+from mxr0.data.xray import read_dicom_meta
 
 BOX_KINDS = ("grounding", "localisation", "grounded_report")
 """Kinds whose answers hold boxes: their images are never augmented geometrically (the boxes would move)."""
@@ -183,7 +185,6 @@ def boxes_answer(boxes_model: np.ndarray, fmt: str, phrase: str | None = None) -
 def grounded_report_text(answer: str, phrases: Sequence[tuple[str, np.ndarray]], fmt: str) -> str:
     """The report with each sentence that mentions a box phrase followed by that phrase's boxes
     (model frame): plain ``Sentence. [x1, y1, x2, y2]``, tokens ``<obj>Sentence.</obj><box>…</box>``."""
-    from mxr0.data.text import split_sentences
 
     lines = []
     for line in answer.split("\n"):
@@ -247,7 +248,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
             with Image.open(key) as im:
                 _SIZES[key] = (int(im.height), int(im.width))
         except UnidentifiedImageError:
-            from mxr0.data.xray import read_dicom_meta
 
             meta = read_dicom_meta(key)
             rows, cols = meta.get("Rows"), meta.get("Columns")

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from mxr0.config import ConfigError, DataConfig
+from mxr0.data.phantom import generate_phantom
 from mxr0.data.records import read_records
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,6 @@ def ensure_data(cfg: DataConfig) -> Path:
     is missing or was drawn with other arguments."""
     path = Path(cfg.path)
     if cfg.source == "phantom":
-        from mxr0.data.phantom import generate_phantom
 
         return Path(
             generate_phantom(

@@ -34,6 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mxr0.data.augment import sample_generator
+from mxr0.data.xray import read_xray
+
 __all__ = ["BlockMasking", "MultiCrop", "MultiCropDataset", "collate_multicrop"]
 
 
@@ -232,8 +235,6 @@ class MultiCropDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from mxr0.data.augment import sample_generator
-        from mxr0.data.xray import read_xray
 
         g = sample_generator(self.seed, self.epoch, i)
         glob, loc = self.multicrop(read_xray(self.paths[i]), g)

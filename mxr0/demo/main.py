@@ -16,18 +16,20 @@ import json
 import time
 from pathlib import Path
 
+from mxr0.config import load_recipe
+from mxr0.data.phantom import generate_phantom, preview_grid
+from mxr0.data.records import read_records
 from mxr0.demo.common import recipe_path
+from mxr0.demo.report import run_report_demo
+from mxr0.demo.xr0 import run_ssl_demo
+from mxr0.eval.classify import evaluate_classifier, markdown_table
+from mxr0.train.loop import train
 
 DEMO_RECIPE = "tiny/classify.yaml"
 
 
 def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: bool = False, xr0: bool = True,
              report: bool = True) -> int:
-    from mxr0.config import load_recipe
-    from mxr0.data.phantom import generate_phantom, preview_grid
-    from mxr0.data.records import read_records
-    from mxr0.eval.classify import evaluate_classifier, markdown_table
-    from mxr0.train.loop import train
 
     t_start = time.perf_counter()
     out_dir = Path(out)
@@ -67,13 +69,11 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
     print(f"[demo] model: {result['export_dir']} (loads with transformers AutoModelForImageClassification)")
     print(f"[demo] logs: {result['run_dir']}/metrics.jsonl, tensorboard --logdir {result['run_dir']}/tensorboard")
     if report:
-        from mxr0.demo.report import run_report_demo
 
         print(f"[demo] 4/{n_parts} report generation: tiny VLM on the classifier's encoder (recipes/tiny/mxr0_report.yaml)")
         summary["report"] = run_report_demo(out_dir, data, result["export_dir"], fast=fast)
         (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     if xr0:
-        from mxr0.demo.xr0 import run_ssl_demo
 
         print(f"[demo] {n_parts}/{n_parts} XR-0 self-supervised pretraining and the frozen-encoder suite")
         summary["xr0"] = run_ssl_demo(out_dir, data, fast=fast)

@@ -16,18 +16,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mxr0.config import load_recipe
+from mxr0.data.instruct import report_answer
+from mxr0.data.records import read_records
 from mxr0.demo.common import recipe_path
+from mxr0.eval.reports.nlg import nlg_stats
+from mxr0.eval.reports.rules import finding_f1
+from mxr0.generate import generate_split
+from mxr0.train.loop import train
 
 DEMO_RECIPE = "tiny/mxr0_report.yaml"
 
 
 def run_report_demo(out_dir: Path, data: str, encoder: str, fast: bool = False) -> dict[str, Any]:
-    from mxr0.config import load_recipe
-    from mxr0.data.records import read_records
-    from mxr0.eval.reports.rules import finding_f1
-    from mxr0.generate import generate_split
-    from mxr0.data.instruct import report_answer
-    from mxr0.train.loop import train
 
     t0 = time.perf_counter()
     overrides = [f"data.path={data}", f"train.output_dir={out_dir / 'report'}", f"model.vision={encoder}"]
@@ -71,7 +72,6 @@ def run_report_demo(out_dir: Path, data: str, encoder: str, fast: bool = False) 
 
 def _nlg(preds: list[str], refs: list[str]) -> dict[str, dict[str, float]]:
     """BLEU-4 and ROUGE-L (pycocoevalcap conventions) of the model and of the constant report."""
-    from mxr0.eval.reports.nlg import nlg_stats
 
     common = Counter(refs).most_common(1)[0][0]
     out: dict[str, dict[str, float]] = {"BLEU-4": {}, "ROUGE-L": {}}

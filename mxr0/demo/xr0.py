@@ -23,7 +23,11 @@ from typing import Any
 
 import torch
 
+from mxr0.config import load_recipe
 from mxr0.demo.common import recipe_path
+from mxr0.eval.vision.report import write_report
+from mxr0.eval.vision.suite import VisionEvalConfig, evaluate_encoders
+from mxr0.train.loop import train
 
 DEMO_RECIPE = "tiny/xr0_pretrain.yaml"
 
@@ -64,10 +68,6 @@ def run_ssl_demo(out_dir: str | Path, data_dir: str | Path, fast: bool = False, 
     """Pretrain the tiny XR-0 encoder on the phantom set in ``data_dir`` (drawn if missing, with the
     main demo's arguments: 2000 studies at 128 px, 400 with ``fast``), evaluate it against random
     initialisation, print a table; returns the headline numbers, margins and file paths."""
-    from mxr0.config import load_recipe
-    from mxr0.eval.vision.report import write_report
-    from mxr0.eval.vision.suite import VisionEvalConfig, evaluate_encoders
-    from mxr0.train.loop import train
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,11 @@ import torch
 from torch.nn import functional as F
 
 from mxr0.data.boxes import box_mask  # noqa: F401 (re-exported)
+from mxr0.data.classify_dataset import label_targets
 from mxr0.data.prompts import DEFAULT_PROMPTS, merged_prompts  # noqa: F401 (moved; re-exported)
+from mxr0.data.records import CHEXPERT_LABELS
+from mxr0.data.text import normalise_text
+from mxr0.eval.classify import auroc_table
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,6 @@ TextEncoder = Callable[[list[str]], torch.Tensor]
 
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, texts: Sequence[str]) -> dict[str, float]:
     """Image↔report retrieval with identical reports merged (see the module docstring)."""
-    from mxr0.data.text import normalise_text
 
     keys = [normalise_text(t) for t in texts]
     uniq: dict[str, int] = {}
@@ -102,9 +105,6 @@ def zero_shot_scores(image_emb: torch.Tensor, encode_text: TextEncoder, labels: 
 def zero_shot_metrics(image_emb: torch.Tensor, label_rows: Sequence[dict], encode_text: TextEncoder,
                       logit_scale: float, prompts: dict | None = None, labels: Sequence[str] | None = None) -> dict:
     """AUROC per observation (uncertain excluded, not mentioned = negative) and their mean."""
-    from mxr0.data.records import CHEXPERT_LABELS
-    from mxr0.data.classify_dataset import label_targets
-    from mxr0.eval.classify import auroc_table
 
     prompts = merged_prompts(prompts)
     labels = list(labels or CHEXPERT_LABELS)

@@ -19,6 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mxr0.data.align_dataset import AlignDataset, TextCollator
+from mxr0.data.records import read_records
+from mxr0.data.transforms import ImageTransform
+from mxr0.eval.align import alignment_metrics, markdown_report, save_overlay, write_results
+from mxr0.models.dual_encoder import image_outputs, make_text_encoder
+
 
 def evaluate_export(model_dir: str | Path, records: list[dict], views: list[str] | None = None, batch_size: int = 64,
                     prompts: dict | None = None, overlays_dir: str | Path | None = None, n_overlays: int = 8,
@@ -28,11 +34,6 @@ def evaluate_export(model_dir: str | Path, records: list[dict], views: list[str]
     image-processor config) on ``records``; optionally writes overlay PNGs."""
     from transformers import AutoModel, AutoTokenizer
 
-    from mxr0.data.transforms import ImageTransform
-    from mxr0.eval.align import alignment_metrics, save_overlay
-    from mxr0.models.dual_encoder import image_outputs
-    from mxr0.data.align_dataset import AlignDataset, TextCollator
-    from mxr0.models.dual_encoder import make_text_encoder
 
     model_dir = Path(model_dir)
     settings_file = model_dir / "mxr0_align.json"
@@ -85,8 +86,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from mxr0.data.records import read_records
-    from mxr0.eval.align import markdown_report, write_results
 
     records = read_records(args.data, splits=[args.split])
     if args.anatomies:

@@ -23,23 +23,27 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mxr0.data.boxes_text import parse_boxes, to_original
+from mxr0.data.instruct import parse_grounded_report
+from mxr0.eval.grounding import grounding_scores, prior_box, region_iou
+from mxr0.eval.reports.rules import finding_f1
+from mxr0.eval.vqa import MajorityBaseline, normalise_answer, token_f1, vqa_scores
+from mxr0.models.decoding import rank_options
+
 
 def _finding_f1(preds: Sequence[str], labels: Sequence[dict], prefix: str = "") -> dict[str, float]:
-    from mxr0.eval.reports.rules import finding_f1
 
     f1 = finding_f1(list(preds), list(labels))
     return {prefix + k: float(v) for k, v in f1.items() if isinstance(v, (int, float)) and "/" not in k}
 
 
 def _pred_boxes(ds, i: int, text: str) -> tuple[np.ndarray, int]:
-    from mxr0.data.boxes_text import parse_boxes, to_original
 
     res = parse_boxes(text, ds.cfg.box_format)
     return (to_original(res.boxes, ds.geometry(i)) if len(res.boxes) else res.boxes), res.malformed
 
 
 def _sentence_match(pred: list[tuple[str, np.ndarray]], sentence: str) -> np.ndarray | None:
-    from mxr0.eval.vqa import normalise_answer, token_f1
 
     best, best_f1 = None, 0.5
     for s, boxes in pred:
@@ -54,7 +58,6 @@ def _sentence_match(pred: list[tuple[str, np.ndarray]], sentence: str) -> np.nda
 def score_kind(ds, indices: Sequence[int], preds: Sequence[str], kind: str, train_ds=None) -> dict[str, float]:
     """Metrics of ``preds`` (generated for ``ds`` examples ``indices``, all of ``kind``); ``train_ds`` gives
     the baselines (majority answer, prior box)."""
-    from mxr0.eval.grounding import grounding_scores, prior_box, region_iou
 
     idx = list(indices)
     if len(idx) != len(preds):
@@ -67,7 +70,6 @@ def score_kind(ds, indices: Sequence[int], preds: Sequence[str], kind: str, trai
     if kind == "report":
         return _finding_f1(preds, [ds.records[i]["labels"] for i in idx])
     if kind == "vqa":
-        from mxr0.eval.vqa import MajorityBaseline, vqa_scores
 
         refs = [ex.answer for ex in exs]
         ats = [ex.meta.get("answer_type") or "open" for ex in exs]
@@ -98,8 +100,6 @@ def score_kind(ds, indices: Sequence[int], preds: Sequence[str], kind: str, trai
             out.update({f"{kind}_prior_{k}": base[k] for k in ("miou", "acc50")})
         return out
     if kind == "grounded_report":
-        from mxr0.data.boxes_text import to_original
-        from mxr0.data.instruct import parse_grounded_report
 
         fmt = ds.cfg.box_format
         plains, ious, n_ref, malformed = [], [], 0, 0
@@ -125,8 +125,6 @@ def score_kind(ds, indices: Sequence[int], preds: Sequence[str], kind: str, trai
 def ranked_closed_accuracy(model, tokenizer, ds, indices) -> dict[str, float]:
     """``vqa_closed_accuracy_ranked``: closed questions answered by ranking their options by likelihood
     (`mxr0.generate.rank_options`) instead of free generation; per question type too."""
-    from mxr0.eval.vqa import vqa_scores
-    from mxr0.models.decoding import rank_options
 
     idx = [i for i in indices if ds.examples[i].meta.get("answer_type") == "closed" and ds.examples[i].meta.get("options")]
     if not idx:

@@ -10,6 +10,7 @@ import torch
 
 from mxr0.data.chat import encode_example, special_token_ids, stop_token_ids, visible_special_tokens
 from mxr0.data.report_dataset import ChatCollator
+from mxr0.precision import autocast, model_precision
 
 
 def clean_generation(text: str, tokenizer, generation_config=None) -> str:
@@ -43,7 +44,6 @@ def generate_batch(model, tokenizer, items: list[dict], max_new_tokens: int = 16
                   pad_token_id=tokenizer.pad_token_id, use_cache=True)
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
-    from mxr0.precision import autocast, model_precision
 
     with autocast(model_precision(model), device):  # a no-op in fp32 and with bf16 weights
         out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mxr0.data.transforms import ImageTransform
+
 log = logging.getLogger(__name__)
 
 ENCODER_TYPES = ("dinov2", "dinov2_with_registers")
@@ -306,7 +308,6 @@ def image_processor_config(name_or_path: str | os.PathLike) -> dict | None:
 
 def encoder_transform(name_or_path: str | os.PathLike):
     """The model-facing `ImageTransform` of any accepted source (see `image_processor_config`)."""
-    from mxr0.data.transforms import ImageTransform
 
     cfg = image_processor_config(name_or_path)
     if cfg is None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from mxr0.config import ConfigError
 from mxr0.config.tasks import ReportModelConfig
+from mxr0.data.chat import stop_token_ids
 
 MIN_ANSWER_TOKENS = 8
 """`mxr0.data.chat.encode_example` refuses an example with room for fewer answer tokens than this."""
@@ -202,7 +203,6 @@ def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModel
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
         model = model.merge_and_unload()
     if getattr(model, "generation_config", None) is not None:  # plain `model.generate` stops at the end of the turn
-        from mxr0.data.chat import stop_token_ids
 
         model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)
     model.save_pretrained(out_dir, safe_serialization=True)

@@ -9,12 +9,16 @@ from mxr0.serve.batching import Batcher, Job, QueueFull
 from mxr0.serve.images import ImageError, XrayImage, read_upload
 from mxr0.serve.session import RequestError, Session
 
+Pipeline = Session
+"""The issue's name for the session object (``mxr0.serve.Pipeline.from_pretrained(export)``)."""
+
 
 def create_app(*args, **kwargs):
-    from mxr0.serve.app import create_app as _create
+    """The FastAPI app (`mxr0.serve.app.create_app`)."""
+    from mxr0.serve.app import create_app as _create  # lazy: fastapi is the optional `serve` extra
 
     return _create(*args, **kwargs)
 
 
-__all__ = ["Batcher", "ImageError", "Job", "QueueFull", "RequestError", "Session", "XrayImage", "create_app",
+__all__ = ["Batcher", "ImageError", "Job", "Pipeline", "QueueFull", "RequestError", "Session", "XrayImage", "create_app",
            "read_upload"]

@@ -200,7 +200,8 @@ def create_app(session: Session, token: str | None = None, cors_origins: list[st
     async def health():
         b = getattr(session, "batcher", None)
         return {"status": "ok", "models": session.names, "queue": b.waiting if b else 0,
-                "max_queue": b.max_queue if b else 0, "auth": bool(token)}
+                "max_queue": b.max_queue if b else 0, "auth": bool(token),
+                "batches": len(b.batch_sizes) if b else 0, "batched_requests": sum(b.batch_sizes) if b else 0}
 
     def model_list() -> list[dict]:
         return [{"id": n, "object": "model", "created": created, "owned_by": "mxr0", "mxr0_role": role}
@@ -346,32 +347,34 @@ def create_app(session: Session, token: str | None = None, cors_origins: list[st
                            "model_not_found")
         gen = _sampling(body)
         messages, uris = _messages(body.get("messages"))
-        images = []
-        for k, uri in enumerate(uris):
-            data, _ = decode_data_uri(uri, f"image {k + 1}", session.max_image_bytes)
-            images.append(await run_in_threadpool(session.read, data, f"image {k + 1}"))
-        job = await run_in_threadpool(session.chat_job, messages, images, **gen)
-        cid, t0 = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        base = {"id": cid, "created": t0, "model": name, "system_fingerprint": None}
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        with session.preparing():  # concurrent arrivals being decoded: the worker waits for them to batch
+            images = []
+            for k, uri in enumerate(uris):
+                data, _ = decode_data_uri(uri, f"image {k + 1}", session.max_image_bytes)
+                images.append(await run_in_threadpool(session.read, data, f"image {k + 1}"))
+            job = await run_in_threadpool(session.chat_job, messages, images, **gen)
+            cid, t0 = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            base = {"id": cid, "created": t0, "model": name, "system_fingerprint": None}
+            response = None
+            if body.get("stream"):
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-            def frame(delta):
-                d = {"role": "assistant", "content": ""} if delta is None else {"content": delta}
-                yield _sse({**base, "object": "chat.completion.chunk",
-                            "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]})
+                def frame(delta):
+                    d = {"role": "assistant", "content": ""} if delta is None else {"content": delta}
+                    yield _sse({**base, "object": "chat.completion.chunk",
+                                "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]})
 
-            def final(res):
-                yield _sse({**base, "object": "chat.completion.chunk",
-                            "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                         "finish_reason": _finish(res["finish_reason"])}]})
-                if include_usage:
-                    yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(res)})
+                def final(res):
+                    yield _sse({**base, "object": "chat.completion.chunk",
+                                "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                             "finish_reason": _finish(res["finish_reason"])}]})
+                    if include_usage:
+                        yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(res)})
 
-            response = streaming(job, frame, final)
+                response = streaming(job, frame, final)
             submit(job)
+        if response is not None:
             return response
-        submit(job)
         res = await wait(job, request)
         return {**base, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": res["text"], "refusal": None},
@@ -390,53 +393,58 @@ def create_app(session: Session, token: str | None = None, cors_origins: list[st
     @app.post("/v1/report")
     async def report(request: Request):
         form = await form_of(request)
-        images = {}
-        for k in ("frontal", "lateral", "prior"):
-            im = await image_field(form, k, required=k == "frontal")
-            if im is not None:
-                images[k] = im
-        sections = {s: text_field(form, s) for s in ("indication", "technique", "comparison")}
-        gen = {"max_new_tokens": int_field(form, "max_tokens", None)}
-        gen = {k: v for k, v in gen.items() if v is not None}
-        job = await run_in_threadpool(session.study_job, images, None, sections, text_field(form, "prior_report", "", 20000),
-                                      **gen)
-        extra = {"views": [k for k in images if k not in job.unused_views], "unused_views": job.unused_views}
-        if text_field(form, "stream", "false").lower() in ("1", "true", "yes"):
-            def frame(delta):
-                if delta is not None:
-                    yield _sse({"delta": delta})
+        with session.preparing():
+            images = {}
+            for k in ("frontal", "lateral", "prior"):
+                im = await image_field(form, k, required=k == "frontal")
+                if im is not None:
+                    images[k] = im
+            sections = {s: text_field(form, s) for s in ("indication", "technique", "comparison")}
+            gen = {"max_new_tokens": int_field(form, "max_tokens", None)}
+            gen = {k: v for k, v in gen.items() if v is not None}
+            job = await run_in_threadpool(session.study_job, images, None, sections,
+                                          text_field(form, "prior_report", "", 20000), **gen)
+            extra = {"views": [k for k in images if k not in job.unused_views], "unused_views": job.unused_views}
+            response = None
+            if text_field(form, "stream", "false").lower() in ("1", "true", "yes"):
+                def frame(delta):
+                    if delta is not None:
+                        yield _sse({"delta": delta})
 
-            def final(res):
-                yield _sse({"done": True, "text": res["text"], "finish_reason": _finish(res["finish_reason"]), **extra})
+                def final(res):
+                    yield _sse({"done": True, "text": res["text"], "finish_reason": _finish(res["finish_reason"]), **extra})
 
-            response = streaming(job, frame, final)
+                response = streaming(job, frame, final)
             submit(job)
+        if response is not None:
             return response
-        submit(job)
         res = await wait(job, request)
         return {"text": res["text"], "finish_reason": _finish(res["finish_reason"]), **extra}
 
     @app.post("/v1/vqa")
     async def vqa(request: Request):
         form = await form_of(request)
-        im = await image_field(form, "image")
         q = text_field(form, "question").strip()
         if not q:
             raise ApiError(400, "the form field 'question' is empty", "missing_question")
         gen = {k: v for k, v in {"max_new_tokens": int_field(form, "max_tokens", None)}.items() if v is not None}
-        job = submit(await run_in_threadpool(session.single_job, im, q, **gen))
+        with session.preparing():
+            im = await image_field(form, "image")
+            job = submit(await run_in_threadpool(session.single_job, im, q, **gen))
         res = await wait(job, request)
         return {"question": q, "answer": res["text"], "finish_reason": _finish(res["finish_reason"])}
 
     @app.post("/v1/ground")
     async def ground(request: Request):
         form = await form_of(request)
-        im = await image_field(form, "image")
         phrase = text_field(form, "phrase").strip()
         if not phrase:
             raise ApiError(400, "the form field 'phrase' is empty", "missing_phrase")
         gen = {k: v for k, v in {"max_new_tokens": int_field(form, "max_tokens", None)}.items() if v is not None}
-        job = submit(await run_in_threadpool(session.single_job, im, session.grounding_prompt(phrase), "grounding", **gen))
+        with session.preparing():
+            im = await image_field(form, "image")
+            job = submit(await run_in_threadpool(session.single_job, im, session.grounding_prompt(phrase), "grounding",
+                                                 **gen))
         res = await wait(job, request)
         return {"phrase": phrase, "answer": res["text"], **session.boxes_of(res["text"], im)}
 
@@ -559,7 +567,8 @@ def _messages(messages) -> tuple[list[dict], list[str]]:
 
 def serve(model: str, align: str | None = None, classifier: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, token: str | None = None, cors_origins: list[str] | None = None, max_batch: int = 16,
-          max_queue: int = 64, max_body_mb: float = 48, device: str | None = None, name: str | None = None) -> None:
+          max_queue: int = 64, max_body_mb: float = 48, device: str | None = None, name: str | None = None,
+          batch_wait_ms: float = 50.0, precision: str = "fp32") -> None:
     """Load the models once and serve them with uvicorn until interrupted."""
     import uvicorn
 
@@ -567,7 +576,8 @@ def serve(model: str, align: str | None = None, classifier: str | None = None, h
         raise ValueError(f"--host {host} is not a loopback address: a token is required (--token or MXR0_SERVE_TOKEN); "
                          "clients send it as Authorization: Bearer <token> (the openai client's api_key)")
     session = Session(model, align=align, classifier=classifier, device=device, max_batch=max_batch,
-                      max_queue=max_queue, name=name, max_image_bytes=int(max_body_mb * (1 << 20)))
+                      max_queue=max_queue, name=name, max_image_bytes=int(max_body_mb * (1 << 20)),
+                      batch_wait_s=batch_wait_ms / 1000, precision=precision)
     app = create_app(session, token=token, cors_origins=cors_origins, max_body_bytes=int(max_body_mb * (1 << 20)))
     print(f"[mxr0] serving {', '.join(f'{k}={v}' for k, v in session.names.items())} on http://{host}:{port}/ "
           "(research use only)", flush=True)

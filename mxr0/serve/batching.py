@@ -3,7 +3,8 @@
 Requests wait in a bounded queue (`QueueFull` when it holds ``max_queue`` jobs: the server answers 429). One
 worker thread takes the oldest job and every other waiting job with the same sampling settings (greedy, or
 sampling with the same temperature / top-p / seed), up to ``max_batch``, after waiting at most ``wait_s`` for
-companions; jobs with other settings wait for a batch of their own. Rows are left-padded (`ChatCollator`), so a
+requests still being prepared (`Batcher.preparing`: a lone request never waits); jobs with other settings wait
+for a batch of their own. Rows are left-padded (`ChatCollator`), so a
 greedy batch gives each row the tokens it gets alone.
 
 Each row is followed by a `RowCriteria`, a per-row stopping criterion that also streams: after every decoding
@@ -14,6 +15,7 @@ stop token, a ``stop`` string, the row's own ``max_tokens`` or a cancellation (a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -24,6 +26,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
+from transformers import StoppingCriteriaList
+
+from mxr0.data.chat import special_token_ids, stop_token_ids, visible_special_tokens
+from mxr0.data.report_dataset import ChatCollator
+from mxr0.precision import autocast, model_precision
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,8 @@ class RowCriteria:
         self.sent = [""] * n
         self.done = [False] * n
         self.reason: list[str | None] = [None] * n
+        self.live = [j.on_delta is not None or any(j.stop) for j in jobs]
+        """Rows whose text is needed at every step (streamed, or with stop strings)."""
         for b, j in enumerate(jobs):
             if j.cancelled:
                 self._finish(b, "cancelled")
@@ -98,6 +107,11 @@ class RowCriteria:
             tok = int(last[b])
             if tok in self.stop_ids:
                 self._finish(b, "stop")
+            elif not self.live[b]:  # neither streamed nor stop strings: decoded once, at the end
+                self.ids[b].append(tok)
+                if len(self.ids[b]) >= job.max_new_tokens:
+                    self._finish(b, "length")
+                continue
             else:
                 self.ids[b].append(tok)
                 text = self._decode(b)
@@ -129,15 +143,15 @@ class RowCriteria:
         for b in range(len(self.jobs)):
             if not self.done[b]:
                 self._finish(b, "length")
+            if not self.live[b]:
+                self.text[b] = self._decode(b)
             self._emit(b, final=True)
 
 
 class Batcher:
     """The queue and its worker thread (started on the first `submit`)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, wait_s: float = 0.005):
-        from mxr0.data.chat import special_token_ids, stop_token_ids, visible_special_tokens
-
+    def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, wait_s: float = 0.05):
         self.model, self.tok = model, tokenizer
         self.max_batch, self.max_queue, self.wait_s = max(1, int(max_batch)), max(1, int(max_queue)), float(wait_s)
         gen_cfg = getattr(model, "generation_config", None)
@@ -148,6 +162,7 @@ class Batcher:
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
         self.closed = False
+        self._preparing = 0
         self.batches = 0
         """Batches run so far (tests read it)."""
         self.batch_sizes: list[int] = []
@@ -157,6 +172,19 @@ class Batcher:
     @property
     def waiting(self) -> int:
         return len(self.pending)
+
+    @contextlib.contextmanager
+    def preparing(self):
+        """Around a request's pre-processing (image decoding, prompt): an idle worker waits (at most ``wait_s``)
+        for requests being prepared, so that concurrent arrivals share a batch, and never waits when none is."""
+        with self.cond:
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self._preparing -= 1
+                self.cond.notify_all()
 
     def submit(self, job: Job) -> Job:
         with self.cond:
@@ -187,7 +215,7 @@ class Batcher:
             if self.closed:
                 return None
             deadline = time.monotonic() + self.wait_s
-            while len(self.pending) < self.max_batch and not self.closed:
+            while len(self.pending) < self.max_batch and self._preparing > 0 and not self.closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -225,10 +253,6 @@ class Batcher:
     @torch.no_grad()
     def run(self, jobs: list[Job]) -> None:
         """One batched ``generate`` call for ``jobs`` (same sampling settings)."""
-        from transformers import StoppingCriteriaList
-
-        from mxr0.data.report_dataset import ChatCollator
-
         items = [{"input_ids": j.input_ids, "labels": [-100] * len(j.input_ids), "pixel_values": j.pixel_values,
                   "index": k} for k, j in enumerate(jobs)]
         batch = ChatCollator(self.tok.pad_token_id, "left")(items)
@@ -246,11 +270,17 @@ class Batcher:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         self.batches += 1
         self.batch_sizes.append(len(jobs))
-        self.model.generate(input_ids=batch["input_ids"].to(param.device),
-                            attention_mask=batch["attention_mask"].to(param.device),
-                            pixel_values=batch["pixel_values"].to(param.device, dtype=param.dtype), **kwargs)
+        with _autocast(self.model, param.device):
+            self.model.generate(input_ids=batch["input_ids"].to(param.device),
+                                attention_mask=batch["attention_mask"].to(param.device),
+                                pixel_values=batch["pixel_values"].to(param.device, dtype=param.dtype), **kwargs)
         crit.finish()
         for b, j in enumerate(jobs):
             self.finished.append((j.kind, crit.reason[b], len(crit.ids[b])))
             j.future.set_result({"text": crit.text[b].strip(), "finish_reason": crit.reason[b],
                                  "prompt_tokens": len(j.input_ids), "completion_tokens": len(crit.ids[b])})
+
+
+def _autocast(model, device):
+    """bf16 autocast when the model was loaded with ``precision="bf16"`` (`mxr0.precision`), else nothing."""
+    return autocast(model_precision(model), device)

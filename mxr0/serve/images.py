@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray
+from mxr0.eval.align import _heat
+
 IMAGE_MIME = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "application/dicom": "dicom",
               "image/dicom": "dicom", "application/octet-stream": "auto"}
 """``data:`` URI media types accepted for images (octet-stream: the format is decided from the content)."""
@@ -103,8 +106,6 @@ def decode_data_uri(uri: str, what: str = "image", max_bytes: int | None = None)
 
 def read_upload(data: bytes, what: str = "image", max_bytes: int | None = None) -> XrayImage:
     """Decode an uploaded file's bytes with mxr0's reader (format from the content)."""
-    from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray
-
     if not data:
         raise ImageError(f"{what}: the upload is empty")
     if max_bytes is not None and len(data) > max_bytes:
@@ -192,8 +193,6 @@ def heat_png(sim_model: np.ndarray, geometry, height: int, width: int, max_side:
     ``width``, downscaled to ``max_side``): min–max scaled, coloured dark blue → red → yellow, transparent
     where the model saw no pixel (cropped away or padding)."""
     from PIL import Image
-
-    from mxr0.eval.align import _heat
 
     scale = min(1.0, max_side / max(height, width))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))

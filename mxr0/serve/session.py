@@ -14,6 +14,7 @@ generation goes through the `Batcher`, so concurrent callers share batched ``gen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,8 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mxr0.data.boxes_text import parse_boxes, to_original, to_pixels
+from mxr0.data.chat import encode_example, study_messages
+from mxr0.data.transforms import ImageTransform
+from mxr0.eval.align import merged_prompts, similarity_map, zero_shot_scores
+from mxr0.generate import _config_from, load_vlm
+from mxr0.hub import DISCLAIMER
+from mxr0.models.download import resolve_model_dir
+from mxr0.models.dual_encoder import image_outputs, make_text_encoder
 from mxr0.serve.batching import Batcher, Job
 from mxr0.serve.images import ImageError, XrayImage, read_upload
+from mxr0.tasks.report import InstructTask, ReportTask
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +60,19 @@ class Session:
 
     def __init__(self, vlm: str | os.PathLike | None = None, align: str | os.PathLike | None = None,
                  classifier: str | os.PathLike | None = None, device: str | None = None, max_batch: int = 16,
-                 max_queue: int = 64, batch_wait_s: float = 0.005, name: str | None = None,
-                 max_image_bytes: int = 32 << 20):
+                 max_queue: int = 64, batch_wait_s: float = 0.05, name: str | None = None,
+                 max_image_bytes: int = 32 << 20, precision: str = "fp32"):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.max_image_bytes = max_image_bytes
         self.vlm = self.align = self.classifier = None
         self.names: dict[str, str] = {}
         self._lock = threading.Lock()  # encoder forward passes (classifier, dual encoder) one at a time
         if vlm is not None:
-            from mxr0.generate import _config_from, load_vlm
-            from mxr0.models.download import resolve_model_dir
-
             folder = resolve_model_dir(vlm)
-            model, tok, transform, settings = load_vlm(folder, device=self.device)
+            if precision != "fp32":  # bf16 autocast / bf16 weights (`mxr0.precision`), as `mxr0 generate` runs them
+                model, tok, transform, settings = load_vlm(folder, device=self.device, precision=precision)
+            else:
+                model, tok, transform, settings = load_vlm(folder, device=self.device)
             self.vlm = {"model": model, "tokenizer": tok, "transform": transform, "settings": settings,
                         "cfg": _config_from(settings), "n_image_tokens": int(settings["n_image_tokens"]),
                         "folder": Path(folder)}
@@ -71,14 +81,7 @@ class Session:
         if align is not None:
             from transformers import AutoModel, AutoTokenizer
 
-            from mxr0.data.transforms import ImageTransform
-            from mxr0.eval.align import merged_prompts
-            try:
-                from mxr0.models.dual_encoder import make_text_encoder
-            except ImportError:  # older layout
-                from mxr0.tasks.align import make_text_encoder
-
-            folder = Path(align)
+            folder = resolve_model_dir(align)  # a folder, or a Hub id (downloaded / from the cache)
             sf = folder / "mxr0_align.json"
             settings = json.loads(sf.read_text()) if sf.exists() else {}
             model = AutoModel.from_pretrained(str(folder)).eval().to(self.device)
@@ -101,10 +104,9 @@ class Session:
         if classifier is not None:
             from transformers import AutoModelForImageClassification
 
-            from mxr0.data.transforms import ImageTransform
-
-            model = AutoModelForImageClassification.from_pretrained(str(classifier)).eval().to(self.device)
-            self.classifier = {"model": model, "transform": ImageTransform.from_pretrained(str(classifier)),
+            folder = resolve_model_dir(classifier)
+            model = AutoModelForImageClassification.from_pretrained(str(folder)).eval().to(self.device)
+            self.classifier = {"model": model, "transform": ImageTransform.from_pretrained(str(folder)),
                                "labels": [model.config.id2label[i] for i in range(model.config.num_labels)]}
             self.names["classifier"] = _name_of(classifier)
         if not self.names:
@@ -121,8 +123,6 @@ class Session:
     def info(self) -> dict:
         """The served models: names, what they do (the model card's summary), intended use and the prompt
         settings the page needs."""
-        from mxr0.hub import DISCLAIMER
-
         out: dict = {"models": dict(self.names), "disclaimer": DISCLAIMER.replace("**", ""),
                      "intended_use": INTENDED_USE}
         if self.vlm is not None:
@@ -163,8 +163,6 @@ class Session:
                                code="context_length_exceeded")
 
     def _item(self, messages: list[dict], images: list[XrayImage], max_new_tokens: int) -> tuple[list[int], torch.Tensor]:
-        from mxr0.data.chat import encode_example
-
         v = self._need("vlm")
         ids, _ = encode_example(v["tokenizer"], messages, None, v["n_image_tokens"])
         self._check_budget(ids, max_new_tokens, len(images))
@@ -175,8 +173,6 @@ class Session:
                   prior_report: str = "", **gen) -> Job:
         """A report job: ``images`` maps ``frontal`` (required), ``lateral`` and ``prior`` to images; only the views
         the model was trained with are used (`unused_views` says which were left out)."""
-        from mxr0.data.chat import study_messages
-
         v = self._need("vlm")
         cfg = v["cfg"]
         if "frontal" not in images:
@@ -195,8 +191,6 @@ class Session:
 
     def single_job(self, image: XrayImage, text: str, kind: str = "vqa", **gen) -> Job:
         """One frontal image and one user instruction (``kind`` vqa: a question; grounding: the grounding prompt)."""
-        from mxr0.data.chat import study_messages
-
         v = self._need("vlm")
         gen.setdefault("max_new_tokens", v["cfg"].max_new_tokens_short)
         msgs = study_messages({}, ["frontal"], text, [], v["cfg"].system_prompt)
@@ -244,6 +238,10 @@ class Session:
         self._need("vlm")
         return self.batcher.submit(job)
 
+    def preparing(self):
+        """Context manager around a request's pre-processing (see `Batcher.preparing`)."""
+        return self.batcher.preparing() if self.vlm is not None else contextlib.nullcontext()
+
     # ------------------------------------------------------------------------------------------------
     # blocking task calls (Python use; the server awaits the jobs instead)
     # ------------------------------------------------------------------------------------------------
@@ -267,8 +265,6 @@ class Session:
 
     def boxes_of(self, text: str, image: XrayImage) -> dict:
         """Boxes parsed from generated text, in the original image's pixels (x0, y0, x1, y1) and normalised."""
-        from mxr0.data.boxes_text import parse_boxes, to_original, to_pixels
-
         v = self._need("vlm")
         res = parse_boxes(text, v["cfg"].box_format)
         norm = to_original(res.boxes, v["transform"].geometry(image.height, image.width)) if len(res.boxes) else np.zeros((0, 4))
@@ -291,8 +287,6 @@ class Session:
 
     @torch.no_grad()
     def _image_outputs(self, image: XrayImage):
-        from mxr0.models.dual_encoder import image_outputs
-
         a = self._need("align")
         x = a["transform"](image.pixels)[None].to(self.device)
         with self._lock:
@@ -303,8 +297,6 @@ class Session:
     @torch.no_grad()
     def zero_shot(self, image: XrayImage, labels: list[str] | None = None) -> list[dict]:
         """CheXzero-style zero-shot probability per observation (positive vs negative prompts, softmax)."""
-        from mxr0.eval.align import zero_shot_scores
-
         a = self._need("align")
         labels = labels or list(a["prompts"])
         bad = [l for l in labels if l not in a["prompts"]]
@@ -319,8 +311,6 @@ class Session:
     def similarity(self, image: XrayImage, phrase: str) -> dict:
         """The cosine similarity of ``phrase`` with every patch: the grid, its model-frame map and the geometry
         that places the model frame on the original image."""
-        from mxr0.eval.align import similarity_map
-
         a = self._need("align")
         if not phrase.strip():
             raise RequestError("a phrase is needed for the similarity map", code="missing_phrase")
@@ -355,8 +345,6 @@ def _card_summary(folder: Path, tasks: list[str]) -> str:
         paras = [p.strip() for p in text.split("\n\n") if p.strip() and not p.strip().startswith(("#", "|", "```", "<"))]
         if paras:
             return paras[0][:600]
-    from mxr0.tasks.report import InstructTask, ReportTask
-
     cls = ReportTask if tasks == ["report"] else InstructTask
     try:
         return cls.card_info("", folder).summary

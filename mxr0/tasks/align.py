@@ -24,11 +24,23 @@ import torch
 from torch import nn
 
 from mxr0.config import ConfigError
-from mxr0.data.loading import load_split
-from mxr0.tasks.base import CardInfo, Task
 from mxr0.config.tasks import AlignModelConfig
 from mxr0.data.align_dataset import AlignDataset, TextCollator  # noqa: F401 (moved; re-exported)
-from mxr0.models.dual_encoder import make_text_encoder  # noqa: F401 (moved; re-exported)
+from mxr0.data.loading import load_split
+from mxr0.data.prompts import merged_prompts
+from mxr0.data.text import REPORT_SECTIONS, cached_tokenizer, report_text, text_fingerprint, train_wordpiece_tokenizer
+from mxr0.data.transforms import ImageTransform
+from mxr0.eval.align import alignment_metrics
+from mxr0.losses.contrastive import ContrastiveLoss
+from mxr0.models.dual_encoder import (
+    AlignModel,
+    build_dual_encoder,
+    default_logit_scale,
+    make_text_encoder,  # noqa: F401 (moved; re-exported)
+    set_unlocked,
+)
+from mxr0.models.encoder import load_encoder, new_encoder
+from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +52,6 @@ class AlignTask(Task):
 
     def __init__(self, recipe):
         super().__init__(recipe)
-        from mxr0.data.text import REPORT_SECTIONS
-        from mxr0.data.prompts import merged_prompts
 
         c = self.cfg
         bad = [s for s in c.text_sections if s not in REPORT_SECTIONS]
@@ -61,7 +71,6 @@ class AlignTask(Task):
         self._transform = None
         self.tokenizer = None
         self.max_length = c.max_text_length
-        from mxr0.losses.contrastive import ContrastiveLoss
 
         self.loss = ContrastiveLoss(c.loss, local_loss=c.local_loss, gather_with_grad=c.gather_with_grad,
                                     token_temperature=c.patch_temperature)
@@ -69,7 +78,6 @@ class AlignTask(Task):
 
     @property
     def transform(self):
-        from mxr0.data.transforms import ImageTransform
 
         if self._transform is None:
             c = self.cfg
@@ -78,7 +86,6 @@ class AlignTask(Task):
 
     # --- build ---------------------------------------------------------------------------------
     def _build_tokenizer(self, train_records: list[dict]):
-        from mxr0.data.text import cached_tokenizer, report_text, text_fingerprint, train_wordpiece_tokenizer
 
         c = self.cfg
         if c.tokenizer or c.text:
@@ -110,8 +117,6 @@ class AlignTask(Task):
         return train, self.eval_ds
 
     def build_model(self) -> nn.Module:
-        from mxr0.models.dual_encoder import AlignModel, build_dual_encoder, default_logit_scale, set_unlocked
-        from mxr0.models.encoder import load_encoder, new_encoder
 
         c = self.cfg
         if self.tokenizer is None:
@@ -163,7 +168,6 @@ class AlignTask(Task):
 
     # --- evaluate ------------------------------------------------------------------------------
     def evaluate(self, model, loader, accelerator):
-        from mxr0.eval.align import alignment_metrics
 
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "text", "patch", "index", "hw")}
         for batch in loader:

@@ -23,13 +23,14 @@ import torch
 from torch import nn
 
 from mxr0.config import ConfigError
+from mxr0.config.tasks import ClassifyModelConfig
+from mxr0.data.classify_dataset import StudyImageDataset, label_targets  # noqa: F401 (moved; re-exported)
 from mxr0.data.loading import load_split
 from mxr0.data.records import CHEXPERT_LABELS
-from mxr0.tasks.base import CardInfo, Task
-from mxr0.config.tasks import ClassifyModelConfig
+from mxr0.data.transforms import ImageTransform
 from mxr0.eval.classify import auroc_table
-from mxr0.data.classify_dataset import StudyImageDataset, label_targets  # noqa: F401 (moved; re-exported)
 from mxr0.losses.bce import masked_bce  # noqa: F401 (moved; re-exported)
+from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class ClassifyTask(Task):
     # --- image transform: from the encoder's processor config, or the recipe for a new encoder ---
     @property
     def transform(self):
-        from mxr0.data.transforms import ImageTransform
 
         if self._transform is None:
             c = self.cfg

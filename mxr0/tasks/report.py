@@ -25,14 +25,29 @@ import torch
 from torch import nn
 
 from mxr0.config import ConfigError
-from mxr0.data.instruct import BOX_KINDS, KINDS, Prompts, report_answer, study_images  # noqa: F401 (re-exported)
-from mxr0.data.loading import load_split
-from mxr0.eval.instruct import main_metric_of
-from mxr0.tasks.base import CardInfo, Task
 from mxr0.config.tasks import VIEW_CHOICES, ReportModelConfig  # noqa: F401 (VIEW_CHOICES re-exported)
+from mxr0.data.boxes_text import box_special_tokens
+from mxr0.data.chat import IMAGE_TOKEN, TINY_CHAT_TEMPLATE, ensure_image_token, train_chat_tokenizer
+from mxr0.data.instruct import BOX_KINDS, KINDS, MixtureSampler, Prompts, report_answer, study_images  # noqa: F401 (re-exported)
+from mxr0.data.loading import load_split
 from mxr0.data.report_dataset import ChatCollator, ReportDataset, prompts_of  # noqa: F401 (moved; re-exported)
+from mxr0.data.transforms import ImageTransform
+from mxr0.distributed import shards_parameters
+from mxr0.eval.instruct import main_metric_of, ranked_closed_accuracy, score_kind
 from mxr0.losses.answer import answer_token_count, answer_token_loss  # noqa: F401 (moved; re-exported)
-from mxr0.models.vlm import cache_vision_features, llava_core, restore_vision_tower, save_vlm_export  # noqa: F401 (moved; re-exported)
+from mxr0.models.decoding import generate_batch
+from mxr0.models.encoder import encoder_config, load_encoder, new_encoder, new_encoder_config
+from mxr0.models.vlm import (  # noqa: F401 (moved; re-exported)
+    build_vlm,
+    cache_vision_features,
+    check_image_token_budget,
+    image_token_count,
+    llava_core,
+    restore_vision_tower,
+    save_vlm_export,
+    tiny_causal_lm,
+)
+from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +114,6 @@ class ReportTask(Task):
     # --- parts ---------------------------------------------------------------------------------
     @property
     def transform(self):
-        from mxr0.data.transforms import ImageTransform
 
         if self._transform is None:
             c = self.cfg
@@ -109,8 +123,6 @@ class ReportTask(Task):
     def _build_tokenizer(self, train_ds: ReportDataset):
         from transformers import AutoTokenizer
 
-        from mxr0.data.boxes_text import box_special_tokens
-        from mxr0.data.chat import TINY_CHAT_TEMPLATE, ensure_image_token, train_chat_tokenizer
 
         c = self.cfg
         if c.init_from or c.llm:
@@ -132,14 +144,12 @@ class ReportTask(Task):
 
     @property
     def n_image_tokens(self) -> int:
-        from mxr0.models.vlm import image_token_count
 
         return image_token_count(self._vision_config(), self.transform.size, self.cfg.select_strategy)
 
     def _vision_config(self):
         from transformers import AutoConfig
 
-        from mxr0.models.encoder import encoder_config, new_encoder_config
 
         c = self.cfg
         if c.init_from:
@@ -168,7 +178,6 @@ class ReportTask(Task):
     def sampler(self, dataset, batch_size: int, seed: int):
         """The task mixture for the training set (per-kind sampling weights, length-grouped when
         ``group_by_length``); the loop asks, None = its default shuffle."""
-        from mxr0.data.instruct import MixtureSampler
 
         if dataset is not self.train_ds:
             return None
@@ -176,12 +185,10 @@ class ReportTask(Task):
         return MixtureSampler(dataset.kinds, self.cfg.tasks, seed, lengths, batch_size)
 
     def build_model(self) -> nn.Module:
-        from mxr0.data.chat import IMAGE_TOKEN
 
         c = self.cfg
         if self.tokenizer is None:
             raise RuntimeError("build_datasets must run before build_model (the tokenizer sizes the LLM)")
-        from mxr0.models.vlm import check_image_token_budget
 
         check_image_token_budget(c, self.n_image_tokens)  # before loading any weights: images must fit max_length
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -208,8 +215,6 @@ class ReportTask(Task):
         return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
 
     def _new_vlm(self, image_token_id: int):
-        from mxr0.models.encoder import load_encoder, new_encoder
-        from mxr0.models.vlm import build_vlm, tiny_causal_lm
 
         c = self.cfg
         vision = load_encoder(c.vision) if c.vision else new_encoder(c.image_size, **c.vision_config)
@@ -290,7 +295,6 @@ class ReportTask(Task):
             tokens.append(lt[:, 1].sum())
         metrics = {"loss": float(torch.stack(losses).sum() / torch.stack(tokens).sum().clamp_min(1))}
         if self.cfg.eval_generate > 0:
-            from mxr0.distributed import shards_parameters
 
             if shards_parameters(accelerator):  # each model call needs every rank: decoding on one would hang
                 if accelerator.is_main_process:
@@ -309,8 +313,6 @@ class ReportTask(Task):
     def _generation_metrics(self, model) -> dict[str, float]:
         """Greedy answers for the first ``eval_generate`` evaluation examples of each kind, scored per kind
         (`mxr0.eval.instruct.score_kind`)."""
-        from mxr0.eval.instruct import ranked_closed_accuracy, score_kind
-        from mxr0.models.decoding import generate_batch
 
         ds = self.eval_ds
         metrics: dict[str, float] = {}

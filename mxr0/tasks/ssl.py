@@ -41,10 +41,17 @@ import torch
 from torch import nn
 
 from mxr0.config import ConfigError
-from mxr0.tasks.base import CardInfo, Task
 from mxr0.config.tasks import SSLModelConfig
+from mxr0.data.loading import load_split
+from mxr0.data.multicrop import BlockMasking, MultiCrop, MultiCropDataset, collate_multicrop
+from mxr0.data.transforms import ImageTransform
+from mxr0.eval.vision.features import StudyImages, collate_study_images, encode_loader
+from mxr0.eval.vision.knn import knn_classify
+from mxr0.eval.vision.probe import quick_probe
+from mxr0.models.encoder import encoder_config, load_encoder, new_encoder
 from mxr0.models.ssl_meta_arch import SSLMetaArch
 from mxr0.optim import layerwise_param_groups, momentum_schedule, teacher_temp_schedule
+from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +117,6 @@ class SSLTask(Task):
     @property
     def transform(self):
         """The evaluation / export transform: resize and centre-crop to ``global_crop_size``."""
-        from mxr0.data.transforms import ImageTransform
 
         if self._transform is None:
             c = self.cfg
@@ -125,7 +131,6 @@ class SSLTask(Task):
     def _patch_size(self) -> int:
         if self._patch is None:
             if self.cfg.encoder:
-                from mxr0.models.encoder import encoder_config
 
                 p = encoder_config(self.cfg.encoder).patch_size  # any stage's export (see load_encoder)
             else:
@@ -135,9 +140,6 @@ class SSLTask(Task):
 
     # --- build --------------------------------------------------------------------------------
     def build_datasets(self):
-        from mxr0.data.loading import load_split
-        from mxr0.data.multicrop import BlockMasking, MultiCrop, MultiCropDataset
-        from mxr0.eval.vision.features import StudyImages
 
         c, d = self.cfg, self.recipe.data
         p = self._patch_size()
@@ -168,15 +170,12 @@ class SSLTask(Task):
         return train, evald
 
     def collate(self, items):
-        from mxr0.data.multicrop import collate_multicrop
-        from mxr0.eval.vision.features import collate_study_images
 
         if "global_crops" in items[0]:
             return collate_multicrop(items)
         return collate_study_images(items)
 
     def build_model(self) -> nn.Module:
-        from mxr0.models.encoder import load_encoder, new_encoder
 
         c = self.cfg
         if c.encoder:
@@ -271,9 +270,6 @@ class SSLTask(Task):
     def evaluate(self, model, loader, accelerator) -> dict[str, float]:
         """Frozen-teacher quality on the evaluation split: kNN anatomy accuracy against a gallery of
         training studies, linear-probe mean AUROC on chest findings, and a collapse indicator."""
-        from mxr0.eval.vision.features import StudyImages, encode_loader
-        from mxr0.eval.vision.knn import knn_classify
-        from mxr0.eval.vision.probe import quick_probe
 
         m = self._unwrap(model)
         backbone = m.teacher["backbone"]

@@ -12,6 +12,10 @@ import logging
 import os
 from pathlib import Path
 
+from mxr0.config import load_recipe
+from mxr0.tasks import get_task_class
+from mxr0.train.checkpoint import read_state, resolve_checkpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -19,9 +23,6 @@ def export_checkpoint(run_dir: str | os.PathLike, checkpoint: str = "latest", ou
     from accelerate import Accelerator
     from safetensors.torch import load_file
 
-    from mxr0.config import load_recipe
-    from mxr0.tasks import get_task_class
-    from mxr0.train.checkpoint import read_state, resolve_checkpoint
 
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.yaml"

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from mxr0.data.xray import XrayReadError
+
 log = logging.getLogger("mxr0.train")
 
 MAX_REPLACEMENT_TRIES = 16
@@ -30,7 +32,6 @@ class TooManyBadSamplesError(RuntimeError):
 
 
 def _readable_errors() -> tuple[type[BaseException], ...]:
-    from mxr0.data.xray import XrayReadError
 
     return (XrayReadError, OSError)
 
@@ -38,7 +39,6 @@ def _readable_errors() -> tuple[type[BaseException], ...]:
 def _skip_reason(e: BaseException) -> str:
     """``path: reason`` of an unreadable sample, for logs and ``bad_samples.txt``: only the path and the
     reader's own reason (no file bytes, no header values, no library message that could quote them)."""
-    from mxr0.data.xray import XrayReadError
 
     if isinstance(e, XrayReadError):
         return f"{e.path}: {e.reason}"

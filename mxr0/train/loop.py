@@ -18,14 +18,30 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mxr0.config import ConfigError, Recipe, write_recipe
-from mxr0.tasks import Task, get_task_class
-from mxr0.train.faults import GuardedCollate, GuardedDataset, StopRequest, TooManyBadSamplesError
-from mxr0.train.checkpoint import (CheckpointError, TrainState, list_checkpoints, load_checkpoint,
-                                   newest_good_checkpoint, record_loss_check, resolve_checkpoint, save_checkpoint)
+from mxr0.distributed import (
+    _fit_fsdp_wrap_policy,
+    _offloads_optimizer,
+    _rank_checksums,
+    _whole_model_init,
+    make_accelerator,
+    shards_parameters,
+    zero_stage,
+)
+from mxr0.hub import push_run
 from mxr0.optim import warmup_cosine
+from mxr0.tasks import Task, get_task_class
+from mxr0.train.checkpoint import (
+    CheckpointError,
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    newest_good_checkpoint,
+    record_loss_check,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from mxr0.train.faults import GuardedCollate, GuardedDataset, StopRequest, TooManyBadSamplesError
 from mxr0.train.trackers import Trackers
-from mxr0.distributed import (_fit_fsdp_wrap_policy, _offloads_optimizer, _rank_checksums,
-                              _whole_model_init, make_accelerator, shards_parameters, zero_stage)
 
 log = logging.getLogger("mxr0.train")
 
@@ -468,7 +484,6 @@ def _push_after_training(recipe: Recipe, run_dir: Path, export_dir: Path, result
     try:
         if not t.hub_repo_id:
             raise ValueError("train.push_to_hub=true needs train.hub_repo_id=OWNER/NAME")
-        from mxr0.hub import push_run
 
         result["hub_url"] = push_run(run_dir, t.hub_repo_id, private=t.hub_private, revision=t.hub_revision)
         log.info("pushed to the Hub: %s", result["hub_url"])

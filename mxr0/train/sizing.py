@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-
-import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from mxr0.config import load_recipe
 from mxr0.models.vlm import check_image_token_budget, image_tokens_per_image  # noqa: F401 (re-exported: the budget check lives with the VLM build)
+from mxr0.tasks import get_task_class
 
 REPO = Path(__file__).resolve().parents[2]
 HUB_CONFIGS = REPO / "tests" / "fixtures" / "hub_configs"
@@ -191,7 +193,6 @@ def tokenizer_facts(folder: Path) -> dict:
 def resolve_hub_ids(recipe_path, overrides=(), configs: Path = HUB_CONFIGS, init_from: str | None = None):
     """The recipe with every Hub id of ``model.*`` pointing at its config folder (and ``model.init_from``
     replaced by ``init_from``: the config folder of the run it starts from)."""
-    from mxr0.config import load_recipe
 
     raw = load_recipe(recipe_path, list(overrides))
     extra = []
@@ -214,7 +215,6 @@ def build_on_meta(recipe, configs: Path = HUB_CONFIGS):
     ``build_model`` with parameters on the meta device; the tokenizer is a stub with the published sizes."""
     from accelerate import init_empty_weights
 
-    from mxr0.tasks import get_task_class
 
     task = get_task_class(recipe.task)(recipe)
     c = task.cfg

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mxr0.data.records import CHEXPERT_LABELS, VIEWS
+from mxr0.data.records import CHEXPERT_LABELS, VIEWS, anatomy_of, folder_lock
 
 __all__ = [
     "SOURCES",
@@ -57,6 +57,9 @@ __all__ = [
     "closed_answer",
     "convert",
     "get_converter",
+    "hash_split",
+    "image_index",
+    "map_anatomy",
     "normalise_box",
     "normalise_view",
     "parse_age",
@@ -115,7 +118,6 @@ def convert(name: str, root: str | os.PathLike, out: str | os.PathLike, **option
 
     Holds ``out``'s prepare lock (`mxr0.data.records.folder_lock`): a second conversion into the same
     folder waits for the first (then rewrites the records) or fails with `FolderBusyError`."""
-    from mxr0.data.records import folder_lock
 
     converter = get_converter(name)
     with folder_lock(out, what=f"mxr0 prepare {name}"):
@@ -336,7 +338,6 @@ def map_anatomy(value: Any, skips: Skips, where: str = "") -> str:
     ``ANATOMIES`` (:func:`mxr0.data.records.anatomy_of`); an unknown non-empty value becomes ``other``
     and is counted in ``skips.notes`` as ``"anatomy <VALUE> → other"`` (an empty one as ``"anatomy
     missing → other"``)."""
-    from mxr0.data.records import anatomy_of
 
     anatomy, known = anatomy_of(value)
     if not known:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pydicom
 
-from mxr0.data.records import CHEXPERT_LABELS, REPORT_SECTIONS, empty_record, write_records
+from mxr0.data.records import ANATOMIES, CHEXPERT_LABELS, REPORT_SECTIONS, empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
@@ -191,7 +191,6 @@ def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: st
 
     ``salt`` (see `study_id_salt`; default: the environment's or the folder's own random salt) keys the
     hashed study ids. ``source`` / ``id_prefix`` name the records of a wrapper (`folder_csv`)."""
-    from mxr0.data.records import ANATOMIES
 
     if default_anatomy not in ANATOMIES:
         raise ValueError(f"default_anatomy must be one of {list(ANATOMIES)}, got {default_anatomy!r}")

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from mxr0.data.records import write_records
-from mxr0.data.sources import records_path
+from mxr0.data.sources import SourceError, read_table, records_path
 from mxr0.data.sources.dicom_folder import build_records as _build
 
 __all__ = ["build_records", "convert"]
@@ -42,7 +42,6 @@ def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: st
                   salt: str | None = None, png_bits: int = 8, show_progress: bool = False):
     """``(records, skips)`` of the folder (see the module docstring); ``skips.notes`` counts the anatomy
     values mapped to ``other`` and the studies without any."""
-    from mxr0.data.sources import SourceError, read_table
 
     table = Path(table)
     header = next((list(row) for _, row in read_table(table)), [])

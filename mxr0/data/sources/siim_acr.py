@@ -48,6 +48,7 @@ from mxr0.data.sources import (
     relative_path,
 )
 from mxr0.data.sources.rle import decode_siim, image_size, write_mask
+from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray, write_png
 
 __all__ = ["build_records", "convert", "read_rle_table"]
 
@@ -84,7 +85,6 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, table:
                   images: str | os.PathLike | None = None, check_images: bool = True, size: int = 1024,
                   mode: str = "relative", show_progress: bool = False) -> tuple[list[dict], Skips]:
     """``(records, skips)``; writes the masks (and PNGs of DICOM images) under ``out_dir``."""
-    from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray, write_png
 
     root, out_dir = Path(root), Path(out_dir)
     if table is not None:

@@ -44,6 +44,7 @@ import logging
 import os
 from pathlib import Path
 
+from mxr0.data.boxes import box_iou
 from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
@@ -56,7 +57,6 @@ from mxr0.data.sources import (
     records_path,
     relative_path,
 )
-from mxr0.data.boxes import box_iou
 
 __all__ = ["BOX_LABELS", "IMAGE_LABELS", "build_records", "convert", "fuse_boxes", "image_size"]
 

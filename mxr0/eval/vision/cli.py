@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mxr0.eval.vision.report import to_markdown, write_report
+from mxr0.eval.vision.suite import TASKS, VisionEvalConfig, evaluate_encoders
+from mxr0.models.encoder import EncoderSourceError
+
 
 def _named(text: str) -> tuple[str, str]:
     if "=" in text:
@@ -22,7 +26,6 @@ def _named(text: str) -> tuple[str, str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from mxr0.eval.vision.suite import TASKS, VisionEvalConfig
 
     d = VisionEvalConfig()
     p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
@@ -59,8 +62,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mxr0.eval.vision.report import to_markdown, write_report
-    from mxr0.eval.vision.suite import VisionEvalConfig, evaluate_encoders
 
     encoders = dict(_named(m) for m in args.model)
     if args.random_baseline:
@@ -75,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, cache_dir=args.cache_dir, seed=args.seed, device=args.device,
     )
     runs = dict(_named(r) for r in args.run) or None
-    from mxr0.models.encoder import EncoderSourceError
 
     try:
         res = evaluate_encoders(encoders, args.data, cfg, runs=runs, echo=lambda s: print(s, file=sys.stderr))

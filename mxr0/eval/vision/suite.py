@@ -16,6 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from mxr0.data.records import read_records
+from mxr0.eval.vision import fairness as fair
+from mxr0.eval.vision.convergence import compare, run_curve
+from mxr0.eval.vision.features import StudyImages, cached_features, load_encoder_spec
+from mxr0.eval.vision.knn import knn_classify, retrieval_metrics
+from mxr0.eval.vision.probe import auroc_columns, bootstrap_mean_auroc, sweep_linear_probe, trainable_labels
+from mxr0.eval.vision.segmentation import dice_scores, patch_layers, predict_masks, train_seg_head
+
 log = logging.getLogger(__name__)
 
 TASKS = ("probe", "knn", "segmentation", "fairness", "convergence")
@@ -128,13 +136,6 @@ def evaluate_encoders(encoders: dict[str, str], data: str | Path, cfg: VisionEva
                       runs: dict[str, str] | None = None, echo=print) -> dict[str, Any]:
     """Evaluate each ``name -> spec`` encoder (a path, a Hub id, or ``random:PATH``) on the records
     at ``data``; ``runs`` (``name -> run folder``) adds pretraining-convergence curves."""
-    from mxr0.data.records import read_records
-    from mxr0.eval.vision import fairness as fair
-    from mxr0.eval.vision.convergence import compare, run_curve
-    from mxr0.eval.vision.features import StudyImages, cached_features, load_encoder_spec
-    from mxr0.eval.vision.knn import knn_classify, retrieval_metrics
-    from mxr0.eval.vision.probe import auroc_columns, bootstrap_mean_auroc, sweep_linear_probe, trainable_labels
-    from mxr0.eval.vision.segmentation import dice_scores, patch_layers, predict_masks, train_seg_head
 
     cfg = cfg or VisionEvalConfig()
     unknown = [t for t in cfg.tasks if t not in TASKS]
