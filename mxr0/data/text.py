@@ -54,18 +54,57 @@ def normalise_text(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _wordpiece_vocab(counts: dict[str, int], vocab_size: int, min_frequency: int, special: list[str]) -> list[str]:
+    """A WordPiece vocabulary learnt by byte-pair merges, deterministically: a word is its first character and
+    ``##``-prefixed continuation characters; the most frequent adjacent pair (weighted by word counts) is merged
+    until ``vocab_size`` tokens exist or no pair occurs ``min_frequency`` times. Ties go to the pair that sorts
+    first, so every process learns the same tokens in the same order (HF's trainer breaks ties in hash order)."""
+    words = {w: [w[0]] + ["##" + c for c in w[1:]] for w in counts}
+    vocab = list(special) + sorted({p for sym in words.values() for p in sym})
+    known = set(vocab)
+
+    def merged(a: str, b: str) -> str:
+        return a + (b[2:] if b.startswith("##") else b)
+
+    while len(vocab) < vocab_size:
+        pairs: dict[tuple[str, str], int] = {}
+        for w, sym in words.items():
+            n = counts[w]
+            for pair in zip(sym, sym[1:]):
+                pairs[pair] = pairs.get(pair, 0) + n
+        if not pairs:
+            break
+        best, n = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        if n < min_frequency:
+            break
+        token = merged(*best)
+        for w, sym in words.items():
+            if len(sym) < 2:
+                continue
+            out, i = [], 0
+            while i < len(sym):
+                if i + 1 < len(sym) and (sym[i], sym[i + 1]) == best:
+                    out.append(token)
+                    i += 2
+                else:
+                    out.append(sym[i])
+                    i += 1
+            words[w] = out
+        if token not in known:
+            vocab.append(token)
+            known.add(token)
+    return vocab
+
+
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, model_max_length: int = 128,
                               save_dir: str | os.PathLike | None = None, min_frequency: int = 1):
-    """A lowercasing BERT WordPiece tokenizer (``BertTokenizerFast``) with a vocabulary built from ``texts``.
+    """A lowercasing BERT WordPiece tokenizer (``BertTokenizerFast``) with a vocabulary learnt from ``texts``.
 
-    Deterministic: the same texts give the same vocabulary and ids in every process. HF tokenizers'
-    ``WordPieceTrainer`` does not (it breaks ties between equally frequent merges in hash order, which Rust
-    seeds per process: 592-594 tokens and different ids measured on the same texts), so the vocabulary is built
-    here: the special tokens, every character seen (as a word start and as a ``##`` continuation, sorted), then
-    whole words by descending frequency (ties by the word) up to ``vocab_size``. Reports of a tiny text tower
-    have a small vocabulary, so whole words cover them; an unseen word falls back to its characters. Text is
-    normalised and split by the same BERT normaliser and pre-tokeniser the saved tokenizer uses. Saved with
-    ``save_pretrained`` when ``save_dir`` is given."""
+    Deterministic: the same texts give the same vocabulary and ids in every process (`_wordpiece_vocab`). HF
+    tokenizers' ``WordPieceTrainer`` does not: it breaks ties between equally frequent merges in hash order, which
+    Rust seeds per process (592-594 tokens and different ids measured on the same texts). Text is normalised and
+    split by the same BERT normaliser and pre-tokeniser the saved tokenizer uses. Saved with ``save_pretrained``
+    when ``save_dir`` is given."""
     from collections import Counter
 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -76,16 +115,7 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000, mode
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(w for w, _ in splitter.pre_tokenize_str(normaliser.normalize_str(text)))
-    starts = sorted({w[0] for w in counts})
-    inner = sorted({"##" + c for w in counts for c in w[1:]})
-    vocab = list(special) + starts + inner
-    known = set(vocab)
-    for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= vocab_size or n < min_frequency:
-            break
-        if word not in known:
-            vocab.append(word)
-            known.add(word)
+    vocab = _wordpiece_vocab(counts, vocab_size, min_frequency, special)
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normaliser
     tok.pre_tokenizer = splitter
