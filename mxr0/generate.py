@@ -26,8 +26,19 @@ import re
 from pathlib import Path
 
 import torch
+
+from mxr0.config.tasks import ReportModelConfig
+from mxr0.data.boxes_text import parse_boxes, to_original
+from mxr0.data.chat import stop_token_ids
+from mxr0.data.instruct import BOX_KINDS, KINDS, parse_grounded_report, report_answer
+from mxr0.data.report_dataset import ReportDataset
+from mxr0.data.transforms import ImageTransform
+from mxr0.data.xray import read_xray
+from mxr0.eval.grounding import draw_overlay
+from mxr0.eval.instruct import ranked_closed_accuracy, score_kind
 from mxr0.models.decoding import clean_generation, generate_batch, rank_options  # noqa: F401 (moved; re-exported)
 from mxr0.models.download import ModelNotFound, resolve_model_dir  # noqa: F401 (moved; re-exported)
+from mxr0.precision import set_model_precision
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +61,6 @@ def load_vlm(model_dir: str | os.PathLike, device: str | None = None, revision: 
     repo id (see `resolve_model_dir`). ``precision``: see the module docstring (``model.mxr0_precision``)."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-    from mxr0.data.transforms import ImageTransform
-    from mxr0.precision import set_model_precision
 
     model_dir = resolve_model_dir(model_dir, revision)
     settings = load_settings(model_dir)
@@ -64,7 +73,6 @@ def load_vlm(model_dir: str | os.PathLike, device: str | None = None, revision: 
 
 
 def _config_from(settings: dict):
-    from mxr0.config.tasks import ReportModelConfig
 
     cfg = ReportModelConfig()
     for k, v in settings.items():
@@ -82,7 +90,6 @@ def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: 
     Outside fp32 each line also records ``"precision"``."""
     from tqdm.auto import tqdm
 
-    from mxr0.data.report_dataset import ReportDataset
 
     model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision, precision=precision)
     cfg = _config_from(settings)
@@ -122,7 +129,6 @@ def generate_split(model_dir: str | os.PathLike, records: list[dict], out_path: 
 def write_references(records: list[dict], path: str | os.PathLike, sections: list[str]) -> Path:
     """The reference reports of ``records`` (the sections the model writes) as JSONL keyed by study id, the
     ``--ref`` side of `mxr0 eval reports`."""
-    from mxr0.data.instruct import report_answer
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -191,8 +197,6 @@ def generate_study(model_dir: str | os.PathLike, images: list[str], views: list[
     order; a model trained without it ignores them (a warning says so)."""
     from transformers import TextStreamer
 
-    from mxr0.data.chat import stop_token_ids
-    from mxr0.data.report_dataset import ReportDataset
 
     model, tokenizer, transform, settings = load_vlm(model_dir, revision=revision)
     cfg = _config_from(settings)
@@ -236,9 +240,6 @@ def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: s
     reference green)."""
     from tqdm.auto import tqdm
 
-    from mxr0.data.instruct import BOX_KINDS, KINDS
-    from mxr0.eval.instruct import score_kind
-    from mxr0.data.report_dataset import ReportDataset
 
     if task not in KINDS:
         raise ValueError(f"--task {task!r}: choose from {list(KINDS)}")
@@ -281,7 +282,6 @@ def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: s
     preds = [done[k]["prediction"] for k in keys]
     metrics = score_kind(ds, list(range(len(ds))), preds, task) if len(ds) else {}
     if task == "vqa" and len(ds):
-        from mxr0.eval.instruct import ranked_closed_accuracy
 
         metrics.update(ranked_closed_accuracy(model, tokenizer, ds, range(len(ds))))
     tmp = out_path.with_name(f".{out_path.name}.metrics.tmp")
@@ -294,8 +294,6 @@ def generate_task(model_dir: str | os.PathLike, records: list[dict], out_path: s
 
 
 def _answer_row(ds, i: int, key: str, text: str) -> dict:
-    from mxr0.data.boxes_text import parse_boxes, to_original
-    from mxr0.data.instruct import parse_grounded_report
 
     ex = ds.examples[i]
     row = {"id": key, "study_id": ds.records[i]["study_id"], "kind": ex.kind, "prompt": ex.instruction,
@@ -318,8 +316,6 @@ def _answer_row(ds, i: int, key: str, text: str) -> dict:
 
 
 def _overlay(ds, i: int, row: dict, path: Path) -> Path:
-    from mxr0.data.xray import read_xray
-    from mxr0.eval.grounding import draw_overlay
 
     image = read_xray(ds.examples[i].images[0][1])
     if row["kind"] == "grounded_report":
@@ -335,8 +331,6 @@ def ask_image(model_dir: str | os.PathLike, image: str | os.PathLike, task: str,
     """One image file, one request: ``task`` ``vqa`` (``text`` = the question), ``grounding`` (a phrase) or
     ``localisation`` (a finding name). Returns (generated text, boxes normalised to the original image,
     empty for VQA); with ``overlay`` (a PNG path) the boxes are drawn on the image."""
-    from mxr0.data.boxes_text import parse_boxes, to_original
-    from mxr0.data.report_dataset import ReportDataset
 
     if task not in ("vqa", "grounding", "localisation"):
         raise ValueError(f"one image with a question / phrase: task must be vqa, grounding or localisation, not {task!r}")
@@ -354,8 +348,6 @@ def ask_image(model_dir: str | os.PathLike, image: str | os.PathLike, task: str,
         res = parse_boxes(answer, cfg.box_format)
         boxes = to_original(res.boxes, ds.geometry(0)).round(4).tolist() if len(res.boxes) else []
         if overlay is not None:
-            from mxr0.data.xray import read_xray
-            from mxr0.eval.grounding import draw_overlay
 
             draw_overlay(read_xray(image), overlay, pred=boxes, phrase=text)
     return answer, boxes

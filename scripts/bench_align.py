@@ -212,8 +212,11 @@ def main(argv=None) -> int:
 
     oc_loss = load_open_clip_loss()
     if oc_loss is None:
-        print(f"open_clip is not installed; install it with\n    {INSTALL}\n"
-              "(--no-deps: its torchvision requirement would replace torch)", file=sys.stderr)
+        # a clean skip, not a traceback: the last line says why (exit status 2: nothing was measured)
+        print(f"open_clip is not installed, so there is nothing to compare against; install it with\n    {INSTALL}\n"
+              "(--no-deps: its torchvision requirement would replace torch; a pip extra cannot say --no-deps,\n"
+              "so it is not in the dev extras). The script needs only open_clip/loss.py, which imports torch alone.")
+        print("SKIPPED: open_clip_torch is not installed (no ratio measured)")
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ def _tiny_export(data: Path, out: Path, steps: int) -> str:
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/tiny/mxr0_report.yaml", [
         "data.source=records", f"data.path={data}", f"train.output_dir={out}", f"train.max_steps={steps}",
-        "model.vision=", "model.train_vision=full",
+        "model.vision=", "model.train_vision=full", "model.cache_features=false",
         "train.eval_every=0", "train.save_every=0", "model.eval_generate=0", "train.progress=false", "train.trackers=[jsonl]",
     ])
     return train(recipe)["export_dir"]

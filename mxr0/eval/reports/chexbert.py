@@ -35,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mxr0.precision import autocast, resolve_precision, top2_margin
+
 from .batching import length_batches
 from .stats import AdditiveStats
 from .weights import MissingWeightsError, hf_cached_file, user_cache_dir
@@ -320,7 +322,6 @@ class CheXbert:
         ``last_run["over_cap"]`` (and a warning) say so."""
         import torch
 
-        from mxr0.precision import resolve_precision
 
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -339,7 +340,6 @@ class CheXbert:
             logits = self._logits(ids, batch_size, sort_by_length, prec)
             out = logits.argmax(-1).numpy().astype(np.int8)
             if prec != "fp32" and len(ids):
-                from mxr0.precision import top2_margin
 
                 n = len(ids)
                 by_len = np.argsort([len(x) for x in ids], kind="stable")
@@ -373,7 +373,6 @@ class CheXbert:
         padded with a very negative value)."""
         import torch
 
-        from mxr0.precision import autocast
 
         model = self._bf16_weights() if precision == "bf16-weights" else self.model
         mdtype = torch.bfloat16 if precision == "bf16-weights" else torch.float32

@@ -53,6 +53,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mxr0.precision import autocast, resolve_precision, top2_margin
+
 from .batching import length_batches
 from .stats import AdditiveStats
 from .weights import MissingWeightsError, hf_cached_file, user_cache_dir
@@ -442,7 +444,6 @@ class RadGraph:
         length-sorted batches."""
         import torch
 
-        from mxr0.precision import autocast
 
         transformer = self._bf16_transformer() if precision == "bf16-weights" else self.model.transformer
         eff = self.segment_len - self.n_start - self.n_end
@@ -518,7 +519,6 @@ class RadGraph:
         rel = torch.cat([rel.new_zeros((kk, kk, 1)), rel], dim=-1)
         if not with_margin:
             return spans, ner, top.tolist(), rel
-        from mxr0.precision import top2_margin
 
         margin = float(top2_margin(ner).min())
         if kk:
@@ -562,7 +562,6 @@ class RadGraph:
         (bf16 buys little for this model) and ``last_run["over_cap"]``."""
         import torch
 
-        from mxr0.precision import resolve_precision
 
         prec = resolve_precision(precision, self.device)
         uniq = list(dict.fromkeys(texts))

@@ -33,6 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mxr0.data.classify_dataset import label_targets
+from mxr0.data.loading import select_image
+from mxr0.data.records import CHEXPERT_LABELS
+from mxr0.data.xray import read_xray
+from mxr0.models.encoder import encoder_transform, load_encoder, num_prefix_tokens, random_like
+from mxr0.precision import autocast, resolve_precision
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Encoder", "StudyImages", "cached_features", "collate_study_images", "encode_loader", "load_encoder_spec"]
@@ -49,9 +56,6 @@ class StudyImages(torch.utils.data.Dataset):
     def __init__(self, records: list[dict], transform, views: list[str] | None = None,
                  masks: list[str] | None = None, labels: list[str] | None = None,
                  uncertain: str = "ones", blank: str = "zeros"):
-        from mxr0.data.loading import select_image
-        from mxr0.data.records import CHEXPERT_LABELS
-        from mxr0.data.classify_dataset import label_targets
 
         self.transform = transform
         self.mask_names = list(masks) if masks else None
@@ -79,7 +83,6 @@ class StudyImages(torch.utils.data.Dataset):
         return [it[key] for it in self.items]
 
     def __getitem__(self, i: int) -> dict:
-        from mxr0.data.xray import read_xray
 
         it = self.items[i]
         img = read_xray(it["path"])
@@ -124,8 +127,6 @@ def encode_loader(backbone, loader, accelerator=None, device=None, last4: bool =
     ``patch_layers``: 1-based block indices whose normed patch maps are returned as ``patches``.
     ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto``; recorded as ``arrays["precision"]``.
     """
-    from mxr0.models.encoder import num_prefix_tokens
-    from mxr0.precision import autocast, resolve_precision
 
     was_training = backbone.training
     backbone.eval()
@@ -218,7 +219,6 @@ def load_encoder_spec(spec: str, seed: int = 0, device: str | None = None) -> En
     DINOv2 / RAD-DINO encoder, a classifier, an alignment dual encoder or a report / VLM export: their
     vision tower) with an image-processor config, or ``random:PATH`` for the same encoder architecture and
     transform at random initialisation."""
-    from mxr0.models.encoder import encoder_transform, load_encoder, random_like
 
     random = spec.startswith("random:")
     src = spec[len("random:"):] if random else spec
@@ -238,7 +238,6 @@ def cached_features(encoder: Encoder, dataset: StudyImages, cache_dir: str | os.
                     num_workers: int = 0, device: str | None = None, precision: str | None = None) -> dict[str, Any]:
     """`encode_loader` over ``dataset``, read from / written to ``cache_dir`` when given. ``precision``:
     ``fp32`` / ``bf16`` / ``auto`` (default: ``$MXR0_FEATURE_PRECISION``, else fp32)."""
-    from mxr0.precision import resolve_precision
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     prec = resolve_precision(precision or os.environ.get("MXR0_FEATURE_PRECISION") or "fp32", dev)
