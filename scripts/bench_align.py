@@ -29,7 +29,7 @@ excluded (shared by both).
 
 Single process only: with one process neither loss gathers anything, so this measures the loss and
 step overhead around the towers, not communication. That the gathered loss is exact across ranks is
-tested in ``tests/test_align_distributed.py``.
+tested in ``tests/distributed/test_align_distributed.py``.
 
 The last line is the headline ratio, ours / open_clip.
 """
@@ -106,7 +106,7 @@ class Sides:
         from mxr0.losses.contrastive import ContrastiveLoss
         from mxr0.tasks.align import AlignTask
 
-        # what AlignTask.training_step reads from the task (as tests/_align_dist_step.py does)
+        # what AlignTask.training_step reads from the task (as tests/distributed/_align_dist_step.py does)
         self.task = types.SimpleNamespace(loss=ContrastiveLoss("clip", local_loss=True, gather_with_grad=True),
                                           cfg=types.SimpleNamespace(patch_loss_weight=0.0))
         self.training_step = AlignTask.training_step

@@ -8,7 +8,7 @@
 
 Both sides run `mxr0.train.loop.train` (unchanged) on the same recipe, data, seed and steps; only
 ``train.mixed_precision`` differs (bf16 = accelerate's CPU autocast: matrix products in bf16 on AMX, master
-weights and AdamW state in fp32, as `tests/test_bf16.py` checks). Runs alternate fp32 / bf16 for
+weights and AdamW state in fp32, as `tests/unit/test_bf16.py` checks). Runs alternate fp32 / bf16 for
 ``--rounds`` rounds (order swapped each round); the figure per run is the median of the loop's logged
 ``train/samples_per_s`` after the first log (warm-up excluded). The last line is the headline ratio
 bf16 / fp32 (median of per-round ratios). Final losses are printed side by side.

@@ -37,7 +37,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 export PATH="$MXR0_VENV/bin:$PATH"
 
-# Optional: the browser the web-page test drives (tests/test_serve.py), Debian's chromium + chromium-driver (a browser
+# Optional: the browser the web-page test drives (tests/unit/test_serve.py), Debian's chromium + chromium-driver (a browser
 # download at run time fails offline). Only as root with apt-get, when missing and MXR0_BROWSER is not 0; a failure
 # is logged and never fails the bootstrap (the test then reports NOT RUN).
 if [ "${MXR0_BROWSER:-1}" != "0" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 \

@@ -20,6 +20,7 @@ import re
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from mxr0.data.records import prior_report
 
 IMAGE_TOKEN = "<image>"
 
@@ -167,7 +168,6 @@ def study_messages(record: dict, image_views: Sequence[str], instruction: str, s
     report is `mxr0.data.records.prior_report` of the record (its ``prior_findings`` / ``prior_impression``), or
     a plain ``prior_report`` text for a dict that is not a record (`mxr0.serve`). Without a prior image the
     prompt is exactly what it was before priors existed."""
-    from mxr0.data.records import prior_report
 
     content: list[dict] = []
     for view in image_views:

@@ -24,7 +24,7 @@ Every failure (corrupt, truncated, unsupported, not an image, multi-frame, missi
 holds only the path, tag names, technical sizes / bit depths and the reason: never file bytes or
 header values (patient data), and quoted text from the underlying library's message is masked.
 
-Guarantees against damaged files (each one tested in ``tests/test_bad_images.py``):
+Guarantees against damaged files (each one tested in ``tests/unit/test_bad_images.py``):
 
 - only regular files are opened (a FIFO, a device such as ``/dev/zero``, a socket: refused before
   opening, so nothing hangs), and files over :data:`MAX_FILE_BYTES` are refused; the file is read

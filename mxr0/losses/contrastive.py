@@ -5,7 +5,7 @@ Features are gathered from every rank before the loss. Two options, as in open_c
 - ``gather_with_grad=True`` (default): the gather is differentiable (its backward sums the incoming
   gradients over ranks and keeps this rank's slice). With DDP's gradient averaging, N processes with
   batch b then produce exactly the gradient of one process with batch N·b (tested in
-  ``tests/test_align_distributed.py``).
+  ``tests/distributed/test_align_distributed.py``).
 - ``gather_with_grad=False``: the other ranks' features are constants; only this rank's own slice
   carries gradient. Cheaper, and the gradient is an approximation (the paths through the other
   ranks' features are dropped).

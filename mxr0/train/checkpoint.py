@@ -10,7 +10,7 @@ save. Inside the temporary folder ``trainer_state.json`` is written after the te
 ``manifest.json`` last (by the main process, after a barrier); a checkpoint without
 ``trainer_state.json`` is ignored when resuming.
 
-What mxr0 guarantees (docs/reliability.md, tests/test_checkpoint_safety.py):
+What mxr0 guarantees (docs/reliability.md, tests/unit/test_checkpoint_safety.py):
 
 - **Only good checkpoints are written.** A save is skipped, with a warning, while the weights or the
   optimizer state hold a NaN/inf (every rank checks its own tensors; the ranks agree) and while the last

@@ -430,7 +430,7 @@ def _m(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
-def main() -> None:  # pragma: no cover - exercised by tests/test_production_shapes.py through table()
+def main() -> None:  # pragma: no cover - exercised by tests/unit/test_production_shapes.py through table()
     import logging
 
     logging.disable(logging.WARNING)

@@ -24,7 +24,7 @@ One deliberate deviation: characters that the Java lexer treats as line breaks (
 first. pycocoevalcap only replaces ``\\n``; with any of the others it emits an extra line and
 silently pairs every later caption with the wrong tokens.
 
-Parity: ``tests/test_reports_ptb.py`` compares this tokeniser with the real jar (when Java and
+Parity: ``tests/unit/test_reports_ptb.py`` compares this tokeniser with the real jar (when Java and
 pycocoevalcap are installed) on all IU X-ray report texts and on adversarial strings.
 """
 

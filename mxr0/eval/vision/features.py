@@ -18,7 +18,7 @@ see `mxr0.precision`) runs the encoder under bf16 autocast; the features stay fl
 environment variable ``MXR0_FEATURE_PRECISION`` sets it for `cached_features` when no argument is
 given (e.g. ``MXR0_FEATURE_PRECISION=auto mxr0 eval vision ...``). The precision that ran is in
 the result (``arrays["precision"]``) and in the cache key. bf16 features agree with fp32 ones to a
-cosine above 0.99 (tested; ``tests/test_bf16.py``).
+cosine above 0.99 (tested; ``tests/unit/test_bf16.py``).
 """
 
 from __future__ import annotations
