@@ -2014,7 +2014,10 @@ def _generate_locked(out: Path, meta: dict, n_studies: int, image_size: int, see
         else:
             import multiprocessing as mp
 
-            with mp.get_context().Pool(workers) as pool:
+            # forkserver, not fork: forking a process that runs threads (a pytest-xdist worker, a server, a notebook
+            # with torch's thread pools) can copy a held lock into the child, which then never starts (seen: a
+            # test-suite hang); the fork server is a clean single-threaded process that imports this module once
+            with mp.get_context("forkserver").Pool(workers) as pool:
                 for rec in pool.imap(work, jobs, chunksize=max(1, min(32, n_studies // (workers * 8)))):
                     records.append(rec)
                     bar.update(1)
