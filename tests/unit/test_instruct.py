@@ -177,7 +177,7 @@ def test_instruct_run_generate_overlay_and_resume(phantom_small, tmp_path, capsy
     from mxr0.cli import main
     from mxr0.config import load_recipe
     from mxr0.train.loop import train
-    from tests.test_report import tiny_report
+    from test_report import tiny_report
 
     run = train(load_recipe(REPO / "recipes/tiny/mxr0_mixture.yaml", tiny_report(
         phantom_small, tmp_path / "run", "model.tasks={vqa: 1.0, grounding: 1.0, grounded_report: 0.5}",
