@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mxr0.config import (
+from mxr0.config.checks import (
     FieldError,
     check_choices,
     check_format,
