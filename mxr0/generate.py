@@ -36,7 +36,7 @@ from mxr0.data.transforms import ImageTransform
 from mxr0.data.xray import read_xray
 from mxr0.eval.grounding import draw_overlay
 from mxr0.eval.instruct import ranked_closed_accuracy, score_kind
-from mxr0.models.decoding import clean_generation, generate_batch, rank_options  # noqa: F401 (moved; re-exported)
+from mxr0.models.decoding import clean_generation, generate_batch  # noqa: F401 (moved; re-exported)
 from mxr0.models.download import ModelNotFound, resolve_model_dir  # noqa: F401 (moved; re-exported)
 from mxr0.precision import set_model_precision
 

@@ -31,20 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from mxr0.config.checks import (  # noqa: F401 (re-exported: mxr0.config is the public face)
-    SEED_MAX,
-    TRACKERS,
-    ConfigError,
-    FieldError,
-    check_choices,
-    check_format,
-    check_hf_config,
-    check_mean_std,
-    check_pair,
-    check_ranges,
-    check_regex,
-    check_text,
-    check_value,
-    hf_config_keys,
+    SEED_MAX, TRACKERS, ConfigError, FieldError, check_choices, check_ranges, check_text,
 )
 from mxr0.config.tasks import TASK_MODEL_CONFIGS
 from mxr0.data.records import ANATOMIES, SPLITS, VIEWS

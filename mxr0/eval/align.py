@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from mxr0.data.boxes import box_mask  # noqa: F401 (re-exported)
 from mxr0.data.classify_dataset import label_targets
-from mxr0.data.prompts import DEFAULT_PROMPTS, merged_prompts  # noqa: F401 (moved; re-exported)
+from mxr0.data.prompts import merged_prompts  # noqa: F401 (moved; re-exported)
 from mxr0.data.records import CHEXPERT_LABELS
 from mxr0.data.text import normalise_text
 from mxr0.eval.classify import auroc_table

@@ -24,7 +24,7 @@ from torch import nn
 
 from mxr0.config import ConfigError
 from mxr0.config.tasks import ClassifyModelConfig
-from mxr0.data.classify_dataset import StudyImageDataset, label_targets  # noqa: F401 (moved; re-exported)
+from mxr0.data.classify_dataset import StudyImageDataset  # noqa: F401 (moved; re-exported)
 from mxr0.data.loading import load_split
 from mxr0.data.records import CHEXPERT_LABELS
 from mxr0.data.transforms import ImageTransform

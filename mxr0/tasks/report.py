@@ -28,9 +28,9 @@ from mxr0.config import ConfigError
 from mxr0.config.tasks import VIEW_CHOICES, ReportModelConfig  # noqa: F401 (VIEW_CHOICES re-exported)
 from mxr0.data.boxes_text import box_special_tokens
 from mxr0.data.chat import IMAGE_TOKEN, TINY_CHAT_TEMPLATE, ensure_image_token, train_chat_tokenizer
-from mxr0.data.instruct import BOX_KINDS, KINDS, MixtureSampler, Prompts, report_answer, study_images  # noqa: F401 (re-exported)
+from mxr0.data.instruct import KINDS, MixtureSampler  # noqa: F401 (re-exported)
 from mxr0.data.loading import load_split
-from mxr0.data.report_dataset import ChatCollator, ReportDataset, prompts_of  # noqa: F401 (moved; re-exported)
+from mxr0.data.report_dataset import ChatCollator, ReportDataset  # noqa: F401 (moved; re-exported)
 from mxr0.data.transforms import ImageTransform
 from mxr0.distributed import shards_parameters
 from mxr0.eval.instruct import main_metric_of, ranked_closed_accuracy, score_kind
@@ -42,7 +42,6 @@ from mxr0.models.vlm import (  # noqa: F401 (moved; re-exported)
     cache_vision_features,
     check_image_token_budget,
     image_token_count,
-    llava_core,
     restore_vision_tower,
     save_vlm_export,
     tiny_causal_lm,

@@ -273,7 +273,7 @@ def test_priors_help_the_change_statements(tmp_path):
     from mxr0.data.phantom import generate_phantom
     from mxr0.eval.reports.rules import change_f1
     from mxr0.generate import generate_split
-    from mxr0.tasks.report import report_answer
+    from mxr0.data.instruct import report_answer
     from mxr0.train.loop import train
 
     torch.set_num_threads(1)
