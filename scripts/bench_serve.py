@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 
 def _images(args) -> list[bytes]:
@@ -95,14 +95,14 @@ def main() -> None:
     import httpx
 
     from mxr0.generate import generate_batch
-    from mxr0.serve import Session
-    from test_serve import _vlm  # the tests' tiny VLM builder
+    from _serve_exports import tiny_vlm_export  # the tests' tiny VLM builder
+    from mxr0.serve import Pipeline
 
     model_dir = args.model
     if not model_dir:
         tmp = Path(tempfile.mkdtemp(prefix="mxr0-bench-serve-"))
-        model_dir = _vlm(tmp / "bench" / "export", tmp / "tok")
-    session = Session(model_dir, device=args.device, max_batch=args.clients, max_queue=max(64, 2 * args.n),
+        model_dir = tiny_vlm_export(tmp / "bench" / "export", tmp / "tok")
+    session = Pipeline(model_dir, device=args.device, max_batch=args.clients, max_queue=max(64, 2 * args.n),
                       batch_wait_s=0.005)
     name = session.names["vlm"]
     images = _images(args)

@@ -1,16 +1,14 @@
-"""``mxr0 serve``: the models behind an OpenAI-compatible endpoint, task endpoints and a web page.
+"""``mxr0 serve`` and ``mxr0.Pipeline``: the models behind an OpenAI-compatible endpoint, task endpoints and a web page.
 
-`Session` keeps the models loaded (usable from Python), `Batcher` groups concurrent generation requests into
-batched ``generate`` calls, `create_app` builds the FastAPI app (needs the ``serve`` extra: fastapi, uvicorn,
-python-multipart). See docs/serving.md.
+`Pipeline` (also ``mxr0.Pipeline``) keeps the models loaded (usable from Python), `Batcher` groups concurrent
+generation requests into batched ``generate`` calls, `create_app` builds the FastAPI app (needs the ``serve`` extra:
+fastapi, uvicorn, python-multipart). See docs/serving.md.
 """
 
 from mxr0.serve.batching import Batcher, Job, QueueFull
 from mxr0.serve.images import ImageError, XrayImage, read_upload
-from mxr0.serve.session import RequestError, Session
-
-Pipeline = Session
-"""The issue's name for the session object (``mxr0.serve.Pipeline.from_pretrained(export)``)."""
+from mxr0.serve.loading import RequestError
+from mxr0.serve.pipeline import Pipeline
 
 
 def create_app(*args, **kwargs):
@@ -20,5 +18,5 @@ def create_app(*args, **kwargs):
     return _create(*args, **kwargs)
 
 
-__all__ = ["Batcher", "ImageError", "Job", "Pipeline", "QueueFull", "RequestError", "Session", "XrayImage", "create_app",
+__all__ = ["Batcher", "ImageError", "Job", "Pipeline", "QueueFull", "RequestError", "XrayImage", "create_app",
            "read_upload"]

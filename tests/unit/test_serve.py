@@ -2,9 +2,9 @@
 clients = one-by-one greedy answers), ``httpx`` for the task endpoints and every bad input (4xx JSON naming the
 reason, and the server answers the next request), and headless Chromium driving the web page (selenium).
 
-The models are tiny and untrained, built in a module fixture with the project's own builders: the tests check
-behaviour (protocol, batching, boxes in original pixels, windowing, privacy), not quality. The VLM's output
-layer never picks a special token (its rows are zeroed), so untrained answers are visible text."""
+The models are tiny and untrained, built in a module fixture with the project's own builders
+(tests/unit/_serve_exports.py): the tests check behaviour (protocol, batching, boxes in original pixels,
+windowing, privacy), not quality."""
 
 from __future__ import annotations
 
@@ -28,92 +28,13 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[serve]')")
 httpx = pytest.importorskip("httpx")
 
-from mxr0.serve import Session  # noqa: E402
+from _serve_exports import tiny_align_export, tiny_classifier_export, tiny_vlm_export, xray_png  # noqa: E402
+
+from mxr0.serve import Pipeline  # noqa: E402
 from mxr0.serve.app import create_app  # noqa: E402
-from mxr0.serve.images import DISPLAY_META_KEYS, png_bytes  # noqa: E402
+from mxr0.serve.images import DISPLAY_META_KEYS  # noqa: E402
 
-VISION = dict(patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-              num_register_tokens=2)
-SIZE = 32
-TEXTS = ["Findings: no pleural effusion.", "Findings: mild cardiomegaly.", "the lungs are clear",
-         "small left pleural effusion", "Impression: no pneumothorax.", "heart size is normal [0.25, 0.30, 0.50, 0.75]",
-         "Locate this finding: effusion.", "Is there a pleural effusion? yes no"] * 4
 SHARED_DICOM = Path(os.environ.get("MXR0_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "dicom"
-
-
-def _tower(seed: int):
-    from mxr0.models.encoder import new_encoder
-
-    torch.manual_seed(seed)
-    enc = new_encoder(SIZE, **VISION)
-    with torch.no_grad():
-        for p in enc.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return enc.eval()
-
-
-def _transform():
-    from mxr0.data.transforms import ImageTransform
-
-    return ImageTransform(size=SIZE, mean=(0.45, 0.45, 0.45), std=(0.25, 0.25, 0.25))
-
-
-def _vlm(out: Path, tok_dir: Path) -> Path:
-    from mxr0.data.chat import IMAGE_TOKEN, special_token_ids, train_chat_tokenizer
-    from mxr0.models.vlm import build_vlm, image_token_count, tiny_causal_lm
-    from mxr0.config.tasks import ReportModelConfig
-    from mxr0.models.vlm import save_vlm_export
-
-    tok = train_chat_tokenizer(TEXTS, vocab_size=300, save_dir=tok_dir)
-    torch.manual_seed(3)
-    lm = tiny_causal_lm(len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, hidden_size=32,
-                        intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
-                        max_position_embeddings=200, tie_word_embeddings=False)
-    with torch.no_grad():  # untrained, but never a special token: answers are visible text
-        lm.lm_head.weight[sorted(special_token_ids(tok))] = 0.0
-        lm.lm_head.weight.mul_(20.0)  # sharp logits: greedy choices are far from ties
-    vlm = build_vlm(_tower(3), lm, tok.convert_tokens_to_ids(IMAGE_TOKEN), SIZE)
-    cfg = ReportModelConfig(tasks={"report": 1.0, "vqa": 1.0, "grounding": 1.0}, max_new_tokens=10,
-                            max_new_tokens_short=6)
-    save_vlm_export(vlm, tok, _transform(), out, cfg, image_token_count(vlm.config.vision_config, SIZE, "default"))
-    return out
-
-
-def _dual(out: Path, tok_dir: Path) -> Path:
-    from transformers import BertConfig, BertModel
-
-    from mxr0.data.text import train_wordpiece_tokenizer
-    from mxr0.models.dual_encoder import AlignModel, build_dual_encoder
-    from mxr0.tasks.align import save_align_export
-
-    tok = train_wordpiece_tokenizer(TEXTS, vocab_size=80, save_dir=tok_dir)
-    torch.manual_seed(2)
-    text = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64, max_position_embeddings=64))
-    dual = build_dual_encoder(_tower(2), text, projection_dim=16, logit_scale_init=2.6592)
-    save_align_export(AlignModel(dual), tok, _transform(), out, {"loss": "clip"})
-    return out
-
-
-def _classifier(out: Path) -> Path:
-    from transformers import Dinov2WithRegistersForImageClassification
-
-    cfg = _tower(1).config
-    cfg.num_labels = 3
-    cfg.id2label = {0: "Cardiomegaly", 1: "Pleural Effusion", 2: "Pneumothorax"}
-    cfg.label2id = {v: k for k, v in cfg.id2label.items()}
-    cfg.problem_type = "multi_label_classification"
-    torch.manual_seed(1)
-    clf = Dinov2WithRegistersForImageClassification(cfg)
-    clf.save_pretrained(out, safe_serialization=True)
-    _transform().save_pretrained(out)
-    return out
-
-
-def _png(seed: int, h: int = 48, w: int = 40) -> bytes:
-    g = np.random.default_rng(seed)
-    img = np.clip(np.linspace(0, 1, w)[None, :] * 0.5 + g.random((h, w)) * 0.5, 0, 1).astype(np.float32)
-    return png_bytes(img)
 
 
 def _uri(data: bytes, mime: str = "image/png") -> str:
@@ -158,16 +79,17 @@ def exports(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("serve-exports")
     try:
-        yield {"vlm": _vlm(root / "report-run" / "export", root / "tok-chat"), "align": _dual(root / "align", root / "tok-wp"),
-               "classifier": _classifier(root / "classifier")}
+        yield {"vlm": tiny_vlm_export(root / "report-run" / "export", root / "tok-chat"),
+               "align": tiny_align_export(root / "align", root / "tok-wp"),
+               "classifier": tiny_classifier_export(root / "classifier")}
     finally:
         torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
 def session(exports):
-    s = Session(exports["vlm"], align=exports["align"], classifier=exports["classifier"], device="cpu",
-                max_batch=16, max_queue=64, batch_wait_s=0.02)
+    s = Pipeline(exports["vlm"], align=exports["align"], classifier=exports["classifier"], device="cpu",
+                 max_batch=16, max_queue=64, batch_wait_s=0.02)
     yield s
     s.close()
 
@@ -197,12 +119,12 @@ def _ask(client, image: bytes, text: str = "", mime: str = "image/png", **kw):
 def test_openai_client_models_chat_and_stream(client, server):
     assert [m.id for m in client.models.list().data][0] == "report-run"
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    r = _ask(client, _png(0), max_tokens=7)
+    r = _ask(client, xray_png(0), max_tokens=7)
     text = r.choices[0].message.content
     assert text and r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 7 and r.usage.prompt_tokens > 18 and r.model == "report-run"
     # streaming: the deltas add up to the same greedy answer
-    chunks = list(_ask(client, _png(0), max_tokens=7, stream=True, stream_options={"include_usage": True}))
+    chunks = list(_ask(client, xray_png(0), max_tokens=7, stream=True, stream_options={"include_usage": True}))
     deltas = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert deltas.strip() == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
@@ -212,12 +134,12 @@ def test_openai_client_models_chat_and_stream(client, server):
     cut = text.find(" ", 3)
     if cut > 0:
         stop = text[cut:cut + 2]
-        assert _ask(client, _png(0), max_tokens=7, stop=[stop]).choices[0].message.content == text[:text.find(stop)].strip()
-    short = _ask(client, _png(0), max_tokens=2)
+        assert _ask(client, xray_png(0), max_tokens=7, stop=[stop]).choices[0].message.content == text[:text.find(stop)].strip()
+    short = _ask(client, xray_png(0), max_tokens=2)
     assert short.usage.completion_tokens == 2 and text.startswith(short.choices[0].message.content)
     # sampling: a temperature is honoured, a seed makes it repeatable
-    a = _ask(client, _png(0), max_tokens=6, temperature=1.5, seed=7).choices[0].message.content
-    b = _ask(client, _png(0), max_tokens=6, temperature=1.5, seed=7).choices[0].message.content
+    a = _ask(client, xray_png(0), max_tokens=6, temperature=1.5, seed=7).choices[0].message.content
+    b = _ask(client, xray_png(0), max_tokens=6, temperature=1.5, seed=7).choices[0].message.content
     assert a == b
 
 
@@ -236,7 +158,7 @@ def test_dicom_and_jpeg_data_uris(client):
 
 
 def test_16_concurrent_clients_get_the_one_by_one_greedy_answers(client, session):
-    images = [_png(100 + i, 40 + 2 * i, 56 - i) for i in range(16)]
+    images = [xray_png(100 + i, 40 + 2 * i, 56 - i) for i in range(16)]
     alone = [_ask(client, im, max_tokens=6).choices[0].message.content for im in images]
     before = len(session.batcher.batch_sizes)
     with ThreadPoolExecutor(16) as pool:
@@ -251,7 +173,7 @@ def test_batcher_groups_by_sampling_settings_and_honours_cancel(session):
     from mxr0.serve.batching import Job, QueueFull
 
     b = session.batcher
-    im = session.read(_png(3))
+    im = session.read(xray_png(3))
     jobs = [session.chat_job([{"role": "user", "content": [{"type": "image"}]}], [im], max_new_tokens=4, **kw)
             for kw in ({}, {}, {"temperature": 1.0, "seed": 1}, {})]
     jobs[1].cancel()
@@ -280,9 +202,9 @@ def _post_chat(server, content, model="report-run", **kw):
 
 def test_bad_inputs_get_named_4xx_errors_and_the_server_keeps_serving(server, client, session):
     openai = pytest.importorskip("openai")
-    img = {"type": "image_url", "image_url": {"url": _uri(_png(5))}}
+    img = {"type": "image_url", "image_url": {"url": _uri(xray_png(5))}}
     cases = {
-        "corrupt": (_post_chat(server, [{"type": "image_url", "image_url": {"url": _uri(_png(5)[:60])}}]), 400, "cannot read"),
+        "corrupt": (_post_chat(server, [{"type": "image_url", "image_url": {"url": _uri(xray_png(5)[:60])}}]), 400, "cannot read"),
         "not an image": (_post_chat(server, [{"type": "image_url", "image_url": {"url": _uri(b"Name: Jane Doe\n" * 20)}}]),
                          400, "not a DICOM, PNG or JPEG"),
         "bad base64": (_post_chat(server, [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]),
@@ -323,14 +245,14 @@ def test_bad_inputs_get_named_4xx_errors_and_the_server_keeps_serving(server, cl
         assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
     finally:
         session.batcher.max_queue = old
-    assert _ask(client, _png(5), max_tokens=2).choices[0].message.content
+    assert _ask(client, xray_png(5), max_tokens=2).choices[0].message.content
 
 
 def test_token_cors_and_loopback_rules(session, exports, capsys):
     from fastapi.testclient import TestClient
 
     from mxr0.cli import main
-    from mxr0.serve.app import is_loopback
+    from mxr0.serve.guard import is_loopback
 
     app = create_app(session, token="s3cret", cors_origins=["http://lab.example"])
     with TestClient(app) as tc:
@@ -368,7 +290,7 @@ def _fake_grounding(session, monkeypatch, text="[0.25, 0.25, 0.75, 0.50]"):
 
 def test_task_endpoints(server, session, monkeypatch):
     u = server.url
-    png, lat, prior = _png(7, 60, 40), _png(8), _png(9)
+    png, lat, prior = xray_png(7, 60, 40), xray_png(8), xray_png(9)
     r = httpx.post(u + "/v1/report", files={"frontal": ("f.png", png), "lateral": ("l.png", lat), "prior": ("p.png", prior)},
                    data={"prior_report": "No effusion.", "indication": "Cough."}, timeout=60)
     assert r.status_code == 200, r.text
@@ -482,7 +404,7 @@ def test_web_page_in_headless_chromium(server, session, monkeypatch, tmp_path):
         assert "Intended use" in driver.find_element(By.ID, "model-use").text
         assert "report-run" in driver.find_element(By.ID, "model-name").text
         image = tmp_path / "cxr.png"
-        image.write_bytes(_png(11, 64, 56))
+        image.write_bytes(xray_png(11, 64, 56))
         driver.find_element(By.ID, "frontal").send_keys(str(image))
         wait.until(lambda d: d.find_element(By.ID, "report").get_attribute("data-state") == "done")
         assert driver.find_element(By.ID, "report").text.strip() and not driver.find_element(By.ID, "report").text.startswith("Error")
@@ -534,7 +456,7 @@ def test_a_client_that_disconnects_cancels_its_row(server, session, monkeypatch)
 
     monkeypatch.setattr(batching.RowCriteria, "__call__", slow)
     body = {"model": "report-run", "max_tokens": 100, "stream": True,
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _uri(_png(21))}}]}]}
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _uri(xray_png(21))}}]}]}
     n0 = len(session.batcher.finished)
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
         for line in r.iter_lines():
@@ -558,7 +480,7 @@ def test_transformers_pipeline_reads_a_png_as_mxr0_does(exports, tmp_path):
     from mxr0.data.xray import read_xray
 
     path = tmp_path / "cxr.png"
-    path.write_bytes(_png(31, 112, 96))
+    path.write_bytes(xray_png(31, 112, 96))
     proc = AutoProcessor.from_pretrained(exports["vlm"])
     theirs = proc.image_processor(Image.open(path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
     ours = ImageTransform.from_pretrained(exports["vlm"])(read_xray(path))
@@ -570,12 +492,10 @@ def test_transformers_pipeline_reads_a_png_as_mxr0_does(exports, tmp_path):
     assert isinstance(out[0]["generated_text"][-1]["content"], str)
 
 
-def test_python_session_keeps_the_models_loaded(session):
-    from mxr0.serve import Pipeline
-
-    assert Pipeline is Session
-    im = session.read(_png(41))
-    rep = session.report(im, lateral=session.read(_png(42)), indication="Cough.")
+def test_python_pipeline_serves_every_model(session):
+    """The server's `Pipeline` from Python (tests/unit/test_pipeline.py checks the VLM calls against `mxr0.generate`)."""
+    im = session.read(xray_png(41))
+    rep = session.report(im, lateral=session.read(xray_png(42)), indication="Cough.")
     assert rep["text"] and rep["finish_reason"] == "length"
     assert session.ask(im, "Is there an effusion?")["text"]
     assert len(session.classify(im)) == 3 and session.similarity(im, "effusion")["grid"].shape == (4, 4)
