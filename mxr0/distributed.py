@@ -147,19 +147,24 @@ def _whole_model_init():
         hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
-def _fit_fsdp_wrap_policy(accelerator, model) -> None:
-    """accelerate rejects a wrap-class name absent from the model; the shipped fsdp.yaml names the blocks of every
-    mxr0 model, so keep those this model has."""
-    plugin = accelerator.state.fsdp_plugin
-    names = plugin.transformer_cls_names_to_wrap
-    if not names:
-        return
+def fsdp_wrap_classes(names: list[str], model) -> list[str]:
+    """mxr0's FSDP wrapping policy: of the block classes ``names`` (``fsdp_transformer_layer_cls_to_wrap`` in
+    accelerate_configs/fsdp.yaml, which names the blocks of every mxr0 model) those present in ``model``, each
+    instance its own FSDP unit. accelerate rejects a name absent from the model; none present is an error."""
     present = {type(m).__name__ for m in model.modules()}
     keep = [n for n in names if n in present]
     if not keep:
         raise ConfigError(f"FSDP: none of the wrap classes {names} is in the {type(model).__name__} model "
                           f"(fsdp_transformer_layer_cls_to_wrap in the accelerate config)")
-    plugin.transformer_cls_names_to_wrap = keep
+    return keep
+
+
+def _fit_fsdp_wrap_policy(accelerator, model) -> None:
+    """Keep the wrap classes of the accelerate config that this model has (`fsdp_wrap_classes`)."""
+    plugin = accelerator.state.fsdp_plugin
+    names = plugin.transformer_cls_names_to_wrap
+    if names:
+        plugin.transformer_cls_names_to_wrap = fsdp_wrap_classes(names, model)
 
 
 def _rank_checksums(model, accelerator) -> list[float] | None:

@@ -107,6 +107,90 @@ def _copy_buffers(dst: nn.Module, src: nn.Module) -> None:
             owner.register_buffer(attr, buf.detach().clone(), persistent=persistent)
 
 
+# --- precision and 4-bit quantisation (QLoRA) ---------------------------------------------------------
+QLORA_SKIP_MODULES = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+"""Kept in full precision under QLoRA: only the language model's linear layers are quantised. transformers 5
+matches these from the start of a module's name or as its suffix: a bare ``vision_tower`` would quantise the
+vision tower of a ``LlavaForConditionalGeneration`` (its modules are ``model.vision_tower.…``)."""
+
+
+def check_qlora_backend() -> None:
+    """Raise `ConfigError` unless bitsandbytes can run QLoRA here: on a CUDA GPU, or on a CPU from bitsandbytes
+    0.50 (its CPU nf4 kernels: slow, for tests and small experiments; a warning says so)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise ConfigError("model.train_llm=qlora needs bitsandbytes: pip install 'mxr0[qlora]', or use "
+                          "model.train_llm=lora") from e
+    if torch.cuda.is_available():
+        return
+    from packaging.version import Version
+
+    if Version(bnb.__version__) < Version("0.50"):
+        raise ConfigError(f"model.train_llm=qlora on a CPU needs bitsandbytes >= 0.50 (its CPU 4-bit kernels), found "
+                          f"{bnb.__version__}: upgrade it, train on a CUDA GPU, or use model.train_llm=lora")
+    log.warning("model.train_llm=qlora on a CPU: bitsandbytes' CPU nf4 kernels are slow, fit for tests and small "
+                "experiments (their gradients are checked in tests/unit/test_qlora_cpu.py)")
+
+
+def qlora_quantization_config(compute_dtype: torch.dtype = torch.bfloat16):
+    """QLoRA's base: nf4 weights with double quantisation, products in ``compute_dtype``; the vision tower,
+    projector and LM head are left out."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                              bnb_4bit_use_double_quant=True, llm_int8_skip_modules=list(QLORA_SKIP_MODULES))
+
+
+def llm_load_dtype(train_llm: str, mixed_precision: str) -> torch.dtype:
+    """The dtype to load a pretrained LLM in: bf16 when its own weights are not trained (frozen, LoRA, QLoRA)
+    and the run computes in bf16, so a 7B base takes half the memory; fp32 otherwise (trained weights and
+    their optimizer need fp32 masters). LoRA adapters stay fp32 either way (peft upcasts them)."""
+    frozen_base = train_llm in ("frozen", "lora", "qlora")
+    return torch.bfloat16 if frozen_base and mixed_precision == "bf16" else torch.float32
+
+
+def load_vlm(path: str, train_llm: str, mixed_precision: str):
+    """A saved VLM (a stage-1 export) for further training: 4-bit nf4 language model under QLoRA, else the
+    language model in `llm_load_dtype` (the vision tower and projector in fp32)."""
+    from transformers import AutoModelForImageTextToText
+
+    if train_llm == "qlora":
+        return AutoModelForImageTextToText.from_pretrained(path, quantization_config=qlora_quantization_config())
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=llm_load_dtype(train_llm, mixed_precision))
+    core = llava_core(model)  # transformers 5 loads one dtype for all parts
+    core.vision_tower.float()
+    core.multi_modal_projector.float()
+    return model
+
+
+def quantise_language_model(model: nn.Module, config=None, device=None) -> nn.Module:
+    """Quantise the language model of a built VLM in place: each of its ``nn.Linear`` layers becomes a
+    bitsandbytes ``Linear4bit`` (``config``: `qlora_quantization_config` by default), as ``from_pretrained`` with
+    that config does for a saved VLM. QLoRA from ``model.llm``. Weights are quantised on ``device`` (the current
+    CUDA device, else the CPU); the vision tower, projector and LM head are untouched."""
+    import bitsandbytes as bnb
+
+    config = config or qlora_quantization_config()
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    quant = dict(compress_statistics=config.bnb_4bit_use_double_quant, quant_type=config.bnb_4bit_quant_type,
+                 quant_storage=config.bnb_4bit_quant_storage)
+    lm = llava_core(model).language_model
+    for name, mod in list(lm.named_modules()):
+        if type(mod) is not nn.Linear:
+            continue
+        q = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta",
+                              compute_dtype=config.bnb_4bit_compute_dtype, **quant)
+        q.weight = bnb.nn.Params4bit(mod.weight.data, requires_grad=False, module=q, **quant).to(device)
+        if mod.bias is not None:
+            q.bias = nn.Parameter(mod.bias.data.to(device), requires_grad=False)
+        lm.set_submodule(name, q)
+    model.config.quantization_config = config  # saved with the model: transformers reloads the 4-bit weights
+    model.is_loaded_in_4bit = True  # what from_pretrained sets; peft's prepare_model_for_kbit_training reads it
+    return model
+
+
 # --- image-token budget -------------------------------------------------------------------------------
 def check_image_token_budget(cfg, tokens_per_image: int) -> None:
     """Raise `ConfigError` when an example of some kind of ``cfg.tasks`` cannot fit ``cfg.max_length``: its
