@@ -26,6 +26,9 @@ Sources (``SOURCES``):
 The record format (fields, source-specific labels, masks, priors) is described once, in
 :mod:`mxr0.data.records`.
 
+Each converter module also declares its own ``mxr0 prepare <source>`` options in ``add_arguments(parser)``
+(collected by :func:`add_source_arguments`; each option's ``dest`` is a keyword argument of its converter).
+
 The modules are imported lazily, so importing this package is cheap. The helpers below (tables,
 JSON, labels, views, boxes, closed answers, relative paths, skip counting) are shared by the
 converters.
@@ -33,6 +36,7 @@ converters.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import importlib
@@ -54,8 +58,11 @@ __all__ = [
     "SOURCES",
     "SourceError",
     "Skips",
+    "add_check_images",
+    "add_source_arguments",
     "closed_answer",
     "convert",
+    "describe",
     "get_converter",
     "hash_split",
     "image_index",
@@ -105,12 +112,49 @@ class SourceError(ValueError):
         self.path, self.row, self.field = str(path), row, field
 
 
-def get_converter(name: str) -> Callable[..., Path]:
-    """The converter function registered under ``name`` (see ``SOURCES``)."""
+def _module(name: str):
+    """The module of the converter registered under ``name``."""
     if name not in SOURCES:
         raise ValueError(f"unknown source {name!r}; available: {', '.join(SOURCES)}")
-    module, func = SOURCES[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return importlib.import_module(SOURCES[name].split(":")[0])
+
+
+def get_converter(name: str) -> Callable[..., Path]:
+    """The converter function registered under ``name`` (see ``SOURCES``)."""
+    return getattr(_module(name), SOURCES[name].split(":")[1])
+
+
+def describe(name: str) -> str:
+    """The first paragraph of source ``name``'s converter module docstring (what it converts), as one line of
+    plain text."""
+    return " ".join((_module(name).__doc__ or name).replace("``", "").strip().split("\n\n")[0].split())
+
+
+def add_check_images(parser: argparse.ArgumentParser) -> None:
+    """``--no-check-images`` (the converter's ``check_images=False``), shared by the sources that check image files."""
+    parser.add_argument("--no-check-images", dest="check_images", action="store_false",
+                        help="keep records whose image files are absent")
+
+
+def _add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare merge``'s options (`mxr0.data.merge.convert`)."""
+    parser.add_argument("--ms-cxr", dest="ms_cxr", required=True,
+                        help="the MS-CXR records (file or folder of `mxr0 prepare ms-cxr`); --root is the MIMIC-CXR "
+                             "records folder (of `mxr0 prepare mimic-cxr`)")
+    parser.add_argument("--no-check-laterality", dest="check_laterality", action="store_false",
+                        help="skip the prior / current mirrored-image check (it reads two images per study)")
+
+
+# mxr0.data.merge is not a converter module of this package: its options are declared here.
+_DECLARED_HERE: dict[str, Callable[[argparse.ArgumentParser], None]] = {"merge": _add_merge_arguments}
+
+
+def add_source_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    """Declare source ``name``'s own ``mxr0 prepare`` options on ``parser``: its converter module's
+    ``add_arguments(parser)``. Each option's ``dest`` is a keyword argument of the converter; its default is the
+    converter's, or ``argparse.SUPPRESS`` where an absent option must leave the converter's default."""
+    declare = _DECLARED_HERE.get(name) or _module(name).add_arguments
+    declare(parser)
 
 
 def convert(name: str, root: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:

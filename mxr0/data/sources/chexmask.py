@@ -24,6 +24,7 @@ column is present. Images absent under ``images`` are skipped (counted) unless `
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ from mxr0.data.sources import (
     SPLIT_NAMES,
     Skips,
     SourceError,
+    add_check_images,
     hash_split,
     image_index,
     parse_number,
@@ -44,7 +46,7 @@ from mxr0.data.sources import (
 )
 from mxr0.data.sources.rle import decode_absolute, image_size, write_mask
 
-__all__ = ["DATASETS", "build_records", "convert"]
+__all__ = ["DATASETS", "add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,16 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, table:
             rec["masks"].append({"name": organ, "path": relative_path(mpath, out_dir), "image_index": 0})
         records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare chexmask``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT)")
+    parser.add_argument("--table", help="the CheXmask CSV (default: the one CSV in ROOT)")
+    parser.add_argument("--chexmask-dataset", dest="dataset", default="auto", help="the source dataset of the CSV "
+                        "(chestx-ray14, chexpert, mimic-cxr, vindr-cxr, padchest; default: from its id column)")
+    parser.add_argument("--min-rca", type=float, default=0.7, help="drop masks whose Dice RCA (Mean) is lower")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike | None = None,

@@ -20,6 +20,7 @@ the path is relative to it.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     frontal_first,
     normalise_view,
     parse_labels,
@@ -37,7 +39,7 @@ from mxr0.data.sources import (
     relative_path,
 )
 
-__all__ = ["build_records", "convert"]
+__all__ = ["add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,11 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, check_
         rec["images"] = frontal_first(rec["images"])
         records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare chexpert``'s options (keyword arguments of `convert`)."""
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, check_images: bool = True, fmt: str = "jsonl",

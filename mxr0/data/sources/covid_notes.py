@@ -23,6 +23,7 @@ pO2 saturation, view, modality, [imagename,] artifacts/distortion, notes``. Figu
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
@@ -35,6 +36,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     hash_split,
     normalise_view,
     parse_age,
@@ -42,7 +44,7 @@ from mxr0.data.sources import (
     relative_path,
 )
 
-__all__ = ["FINDINGS", "build_records", "convert", "read_metadata"]
+__all__ = ["FINDINGS", "add_arguments", "build_records", "convert", "read_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,11 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, check_
                     rec["age"] = age
             records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare covid-notes``'s options (keyword arguments of `convert`)."""
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, check_images: bool = True, fmt: str = "jsonl",

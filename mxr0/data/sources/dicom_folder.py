@@ -42,6 +42,7 @@ and a study left without images is skipped.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -65,7 +66,7 @@ from mxr0.data.sources import (
 from mxr0.data.sources.sections import split_sections
 from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray, write_png
 
-__all__ = ["build_records", "convert", "hashed_study_id", "study_id_salt"]
+__all__ = ["add_arguments", "add_table_arguments", "build_records", "convert", "hashed_study_id", "study_id_salt"]
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,25 @@ def _is_dicom(path: Path) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def add_table_arguments(parser: argparse.ArgumentParser, table_help: str) -> None:
+    """The table options dicom-folder and folder-csv share: ``--table`` (required) and its columns, study ids."""
+    parser.add_argument("--table", required=True, help=table_help)
+    parser.add_argument("--key", help="study key column (default StudyInstanceUID / study_id / study)")
+    parser.add_argument("--path-column", help="column of file paths relative to ROOT")
+    parser.add_argument("--study-id", choices=["hash", "key"], default="hash",
+                        help="study_id is a hash of the key (default) or the key as given")
+    parser.add_argument("--salt", default=None, help="secret salt for the hashed study ids (default: "
+                        "$MXR0_STUDY_ID_SALT, else a random salt kept in OUT/.study-id-salt; never logged)")
+    parser.add_argument("--anatomy-column", help="CSV column of the body part (default anatomy / body_part / "
+                        "BodyPartExamined; else the DICOM BodyPartExamined tag)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare dicom-folder``'s options (keyword arguments of `convert`)."""
+    add_table_arguments(parser, "CSV with a study key and label or report columns")
+    parser.add_argument("--default-anatomy", default="chest", help="anatomy of studies with no body part at all")
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike, key: str | None = None,

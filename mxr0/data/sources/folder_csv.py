@@ -20,15 +20,17 @@ The record format is described in :mod:`mxr0.data.records`.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
 
 from mxr0.data.records import write_records
 from mxr0.data.sources import SourceError, read_table, records_path
+from mxr0.data.sources.dicom_folder import add_table_arguments
 from mxr0.data.sources.dicom_folder import build_records as _build
 
-__all__ = ["build_records", "convert"]
+__all__ = ["add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,12 @@ def build_records(root: str | os.PathLike, table: str | os.PathLike, out_dir: st
     return _build(root, table, out_dir, key=key, path_column=path_column, study_id=study_id, salt=salt,
                   png_bits=png_bits, show_progress=show_progress, anatomy_column=anatomy_column,
                   default_anatomy=default_anatomy, view_column=view_column, source=SOURCE, id_prefix="img-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare folder-csv``'s options (keyword arguments of `convert`)."""
+    add_table_arguments(parser, "CSV with a study key, a file path and label or report columns")
+    parser.add_argument("--default-anatomy", default="other", help="anatomy of studies with no body part at all")
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike, key: str | None = None,

@@ -27,6 +27,7 @@ parsed (:class:`IUReport`) but the record has no field for them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -50,8 +51,7 @@ from mxr0.data.sources import (
 )
 from mxr0.data.sources.sections import clean_text
 
-__all__ = ["IUReport", "build_records", "convert", "iter_reports", "kaggle_name", "load_projections",
-           "load_r2gen_split", "parse_report_xml", "view_of"]
+__all__ = ["IUReport", "add_arguments", "build_records", "convert", "iter_reports", "kaggle_name", "load_projections", "load_r2gen_split", "parse_report_xml", "view_of"]
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,15 @@ def build_records(reports: str | os.PathLike, out_dir: str | os.PathLike, *, spl
             continue
         records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare iu-xray``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="folder of the PNG images (default ROOT/images)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write studies whose images are missing, with no images")
+    parser.add_argument("--unsplit", choices=["skip", "train"], default="skip",
+                        help="studies outside the R2Gen split are skipped or put in train")
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

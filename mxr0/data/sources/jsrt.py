@@ -24,15 +24,25 @@ Split: SHA-256 buckets of the ID, 80 / 10 / 10 (`mxr0.data.sources.hash_split`),
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
 
 from mxr0.data.records import empty_record, write_records
-from mxr0.data.sources import SPLIT_NAMES, Skips, SourceError, hash_split, read_table, records_path, relative_path
+from mxr0.data.sources import (
+    SPLIT_NAMES,
+    Skips,
+    SourceError,
+    add_check_images,
+    hash_split,
+    read_table,
+    records_path,
+    relative_path,
+)
 from mxr0.data.sources.rle import image_size, write_mask
 
-__all__ = ["ORGANS", "build_records", "convert"]
+__all__ = ["ORGANS", "add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +126,12 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
     if not records:
         raise FileNotFoundError(f"{img_root}: no PNG images found")
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare jsrt``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT/images)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -37,6 +38,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     closed_answer,
     find_table,
     normalise_view,
@@ -47,7 +49,7 @@ from mxr0.data.sources import (
 )
 from mxr0.data.sources.mimic_cxr import image_path
 
-__all__ = ["build_records", "convert", "QUESTION_TYPES"]
+__all__ = ["QUESTION_TYPES", "add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,12 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
             rec["prior_study_id"] = f"s{ref}"  # the reference study, under the MIMIC-CXR converter's id
         records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare medical-diff-vqa``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the MIMIC-CXR-JPG folder (default ROOT)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

@@ -31,6 +31,7 @@ a metadata table without the two columns links nothing (logged).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     find_table,
     frontal_first,
     normalise_view,
@@ -51,7 +53,7 @@ from mxr0.data.sources import (
 )
 from mxr0.data.sources.sections import split_sections
 
-__all__ = ["build_records", "convert", "image_path", "link_priors", "report_path"]
+__all__ = ["add_arguments", "build_records", "convert", "image_path", "link_priors", "report_path"]
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +223,23 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, report
         n = link_priors(records, {k: st.subject_id for k, st in studies.items()}, times, skips)
         log.info("%s: %d of %d studies linked to their prior study", SOURCE, n, len(records))
     return records, skips
+
+
+def _labeler(value: str) -> str | None:
+    """``--labeler``: ``chexpert`` or ``negbio`` (the label table read), ``none`` → None (no labels)."""
+    if value not in ("chexpert", "negbio", "none"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from chexpert, negbio, none)")
+    return None if value == "none" else value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare mimic-cxr``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--reports", help="the mimic-cxr-reports folder (default ROOT/mimic-cxr-reports)")
+    parser.add_argument("--labeler", type=_labeler, default="chexpert", metavar="{chexpert,negbio,none}",
+                        help="which label table to read (none: no labels)")
+    parser.add_argument("--no-priors", dest="priors", action="store_false",
+                        help="do not link studies to the same subject's previous study (StudyDate / StudyTime)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, reports: str | os.PathLike | None = None,

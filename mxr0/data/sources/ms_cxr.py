@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ from mxr0.data.records import CHEXPERT_LABELS, empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     find_table,
     normalise_box,
     normalise_view,
@@ -48,7 +50,7 @@ from mxr0.data.sources import (
     relative_path,
 )
 
-__all__ = ["build_records", "convert", "find_annotations"]
+__all__ = ["add_arguments", "build_records", "convert", "find_annotations"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,13 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
         rec["images"][0]["path"] = relative_path(image, out_dir)
         records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare ms-cxr``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the MIMIC-CXR-JPG folder (default ROOT)")
+    parser.add_argument("--table", help="the MS-CXR annotation table, when not the default under ROOT")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

@@ -20,6 +20,7 @@ test set is hidden) → ``test``; ``train`` patients → ``train`` or, for 10 % 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import os
@@ -27,9 +28,18 @@ import re
 from pathlib import Path
 
 from mxr0.data.records import empty_record, write_records
-from mxr0.data.sources import Skips, SourceError, hash_split, map_anatomy, open_text, records_path, relative_path
+from mxr0.data.sources import (
+    Skips,
+    SourceError,
+    add_check_images,
+    hash_split,
+    map_anatomy,
+    open_text,
+    records_path,
+    relative_path,
+)
 
-__all__ = ["build_records", "convert"]
+__all__ = ["add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +109,11 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, check_
     if missing:
         skips.add("labelled study without images", str(sorted(missing)[0]), n=len(missing))
     return list(studies.values()), skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare mura``'s options (keyword arguments of `convert`)."""
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, check_images: bool = True, fmt: str = "jsonl",

@@ -43,6 +43,7 @@ missing PNG skips its record (counted).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import os
@@ -52,6 +53,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     find_table,
     normalise_box,
     normalise_view,
@@ -64,7 +66,7 @@ from mxr0.data.sources import (
     single_image_records,
 )
 
-__all__ = ["BOX_LABELS", "IMAGE_LABELS", "FRAME", "NIH_FINDINGS_14", "build_records", "convert", "read_bbox_list"]
+__all__ = ["BOX_LABELS", "FRAME", "IMAGE_LABELS", "NIH_FINDINGS_14", "add_arguments", "build_records", "convert", "read_bbox_list"]
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,15 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, bbox: 
         log.warning("%s: %d images are in no official split list (train_val_list.txt / test_list.txt under %s): "
                     "put in %s", SOURCE, len(defaulted), root, default_split)
     return single_image_records(studies.values(), out_dir, check_images, skips), skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare nih-boxes``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT/images, else ROOT)")
+    parser.add_argument("--table", dest="bbox", help="BBox_List_2017.csv, when not under ROOT")
+    parser.add_argument("--data-entry", help="Data_Entry_2017*.csv (or a wide 0/1 label table), when not under ROOT")
+    parser.add_argument("--all-images", action="store_true", help="also write every labelled image without boxes")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, bbox: str | os.PathLike | None = None,

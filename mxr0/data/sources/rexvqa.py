@@ -39,6 +39,7 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import posixpath
@@ -49,6 +50,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     frontal_first,
     normalise_view,
     parse_age,
@@ -58,7 +60,7 @@ from mxr0.data.sources import (
     relative_path,
 )
 
-__all__ = ["build_records", "convert", "parse_options"]
+__all__ = ["add_arguments", "build_records", "convert", "parse_options"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,12 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
         rec["images"] = frontal_first(rec["images"])
         records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare rexvqa``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

@@ -27,6 +27,7 @@ counted). With ``check_images`` a missing DICOM skips its record (counted).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     find_table,
     normalise_box,
     normalise_view,
@@ -47,7 +49,7 @@ from mxr0.data.sources import (
 )
 from mxr0.data.sources.vindr_cxr import image_size as _file_size
 
-__all__ = ["build_records", "convert"]
+__all__ = ["add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,12 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
                                      "x0": x0, "y0": y0, "x1": x1, "y1": y1})
         records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare rsna-pneumonia``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT/stage_2_train_images)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

@@ -27,6 +27,7 @@ image the union of its regions as ``masks = [{"name": "pneumothorax", …}]`` wr
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -38,6 +39,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     find_table,
     hash_split,
     image_index,
@@ -50,7 +52,7 @@ from mxr0.data.sources import (
 from mxr0.data.sources.rle import decode_siim, image_size, write_mask
 from mxr0.data.xray import XrayReadError, read_dicom_meta, read_xray, write_png
 
-__all__ = ["build_records", "convert", "read_rle_table"]
+__all__ = ["add_arguments", "build_records", "convert", "read_rle_table"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,13 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, table:
     if modes:
         log.info("%s: RLE rows read as %s", SOURCE, ", ".join(f"{k} ({v})" for k, v in sorted(modes.items())))
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare siim-acr``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT, searched recursively)")
+    parser.add_argument("--table", help="the RLE table, when not the default under ROOT")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike | None = None,

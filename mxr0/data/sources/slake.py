@@ -33,6 +33,7 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -41,6 +42,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     closed_answer,
     progress,
     read_json,
@@ -48,7 +50,7 @@ from mxr0.data.sources import (
     single_image_records,
 )
 
-__all__ = ["build_records", "convert", "anatomy_of"]
+__all__ = ["add_arguments", "anatomy_of", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,13 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
                                         f"({rec['split']}); SLAKE splits by image", i, "img_id")
             rec["qa"].append(_qa(item, path, i))
     return single_image_records(studies.values(), out_dir, check_images, skips), skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare slake``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT/imgs)")
+    parser.add_argument("--xray-only", action="store_true", help="keep only the X-ray images (not CT / MRI)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,

@@ -19,6 +19,7 @@ is an error naming both; a box outside its image is skipped (counted).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     normalise_box,
     progress,
     read_json,
@@ -35,7 +37,7 @@ from mxr0.data.sources import (
     single_image_records,
 )
 
-__all__ = ["build_records", "convert"]
+__all__ = ["add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,14 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *,
             rec["source_labels"][f"tbx11k:{cat}"] = 1
             rec["labels"]["No Finding"] = None
     return single_image_records(studies.values(), out_dir, check_images, skips), skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare tbx11k``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help="the image folder (default ROOT/imgs, else ROOT)")
+    parser.add_argument("--table", dest="annotations", help="a COCO json annotation file (default: every *.json in "
+                        "ROOT and ROOT/annotations/json)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *,

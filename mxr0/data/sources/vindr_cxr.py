@@ -40,6 +40,7 @@ known from ``sizes`` or it has no boxes.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -49,6 +50,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     find_table,
     normalise_box,
     parse_number,
@@ -58,7 +60,7 @@ from mxr0.data.sources import (
     relative_path,
 )
 
-__all__ = ["BOX_LABELS", "IMAGE_LABELS", "build_records", "convert", "fuse_boxes", "image_size"]
+__all__ = ["BOX_LABELS", "IMAGE_LABELS", "add_arguments", "build_records", "convert", "fuse_boxes", "image_size"]
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,15 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, table:
                                          "image_index": 0, "x0": x0, "y0": y0, "x1": x1, "y1": y1})
             records.append(rec)
     return records, skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare vindr-cxr``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--table", help="the annotation table, when not the default under ROOT")
+    parser.add_argument("--readers", choices=["fuse", "all"], default="fuse",
+                        help="merge overlapping boxes of different radiologists (default) or keep all")
+    parser.add_argument("--sizes", help="CSV of image_id and width/height (when the DICOMs are absent)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, table: str | os.PathLike | None = None,

@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -37,6 +38,7 @@ from mxr0.data.records import empty_record, write_records
 from mxr0.data.sources import (
     Skips,
     SourceError,
+    add_check_images,
     closed_answer,
     progress,
     read_json,
@@ -44,7 +46,7 @@ from mxr0.data.sources import (
     single_image_records,
 )
 
-__all__ = ["build_records", "convert", "JSON_NAME", "IMAGE_FOLDER"]
+__all__ = ["IMAGE_FOLDER", "JSON_NAME", "add_arguments", "build_records", "convert"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,14 @@ def build_records(root: str | os.PathLike, out_dir: str | os.PathLike, *, images
                           "question_type": " ".join(str(item.get("question_type") or "").split()).lower(),
                           "options": options})
     return single_image_records(studies.values(), out_dir, check_images, skips), skips
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``mxr0 prepare vqa-rad``'s options (keyword arguments of `convert`)."""
+    parser.add_argument("--images", help=f"the image folder (default ROOT/{IMAGE_FOLDER})")
+    parser.add_argument("--all-organs", dest="organs", action="store_const", const=None, default=argparse.SUPPRESS,
+                        help="keep head and abdomen too (default chest)")
+    add_check_images(parser)
 
 
 def convert(root: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,
