@@ -73,17 +73,19 @@ def test_change_f1_definition():
 def test_phantom_pairs_report_what_was_drawn(monkeypatch):
     """The labeller reads exactly the phantom's drawn changes from its pair reports (400 pairs, every status)."""
     import mxr0.data.phantom as P
+    from mxr0.data.phantom.chest_findings import _KIND_LABEL
+    from mxr0.data.phantom.pairs import _Pair
 
     assert P.CHANGE_STATUSES == CHANGE_STATUSES
     got: dict = {}
-    orig = P._Pair.rewrite
+    orig = _Pair.rewrite
 
     def rewrite(self, impr, fs):
         out = orig(self, impr, fs)
         got.update(status=dict(self.status), prior=self.prior, fs=fs)
         return out
 
-    monkeypatch.setattr(P._Pair, "rewrite", rewrite)
+    monkeypatch.setattr(_Pair, "rewrite", rewrite)
     seen = set()
     for i in range(400):
         got.clear()
@@ -93,7 +95,7 @@ def test_phantom_pairs_report_what_was_drawn(monkeypatch):
             f = (got["prior"] if st == "resolved" else got["fs"])[kind]
             if st != "resolved" and not f.certain:
                 continue
-            truth[P._KIND_LABEL[kind]] = st
+            truth[_KIND_LABEL[kind]] = st
             if kind == "opacity" and f.prm["dense"]:
                 truth["Consolidation"] = st
             seen.add(st)
