@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+log = logging.getLogger("mxr0.cli")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -39,6 +42,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    # the choices are mxr0.precision's; bf16 changes some greedy outputs (BENCHMARKS.md), fp32 is the reference
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "bf16-weights", "auto"],
+                   help="the VLM's precision (default fp32)")
     g.add_argument("--task", default="report",
                    choices=["report", "vqa", "grounding", "localisation", "grounded_report"],
                    help="what to generate (an instruction export trained on it): reports, VQA answers, boxes, …")
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from mxr0.generate import generate_split, generate_study  # lazy: keep mxr0 --help fast
+    from mxr0.generate import generate_split  # lazy: keep mxr0 --help fast
 
     if args.image and args.data:
         print("mxr0 generate: give either --image (one study) or --data (a split), not both", file=sys.stderr)
@@ -68,21 +74,14 @@ def _generate(args: argparse.Namespace) -> int:
     if args.task != "report":
         return _generate_task(args)
     if args.image:
-        text = generate_study(args.model, args.image, views=args.view or None, indication=args.indication,
-                              technique=args.technique, comparison=args.comparison, stream=True,
-                              max_new_tokens=args.max_new_tokens, revision=args.revision,
-                              prior_image=args.prior_image, prior_report=args.prior_report,
-                              prior_view=args.prior_view)
-        if not text:
-            print("(empty report)")
-        return 0
+        return _one_study(args)
     if not (args.data and args.out):
         print("mxr0 generate: --data and --out are needed for a split (or --image for one study)", file=sys.stderr)
         return 2
     records = _split_records(args)
     out = generate_split(args.model, records, args.out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                          num_beams=args.num_beams, do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                         seed=args.seed, revision=args.revision)
+                         seed=args.seed, revision=args.revision, precision=args.precision)
     print(f"[mxr0] predictions: {out}")
     if args.write_refs:
         from mxr0.generate import load_settings, write_references  # lazy: keep mxr0 --help fast
@@ -111,6 +110,8 @@ def _generate_task(args: argparse.Namespace) -> int:
         if not args.prompt:
             print(f"mxr0 generate --task {args.task} --image: give the question / phrase with --prompt", file=sys.stderr)
             return 2
+        if args.task in ("vqa", "grounding"):
+            return _one_image(args)
         text, boxes = ask_image(args.model, args.image[0], args.task, args.prompt, overlay=args.overlay,
                                 revision=args.revision)
         print(text if not boxes else f"{text}\nboxes (x1, y1, x2, y2 normalised to the original image): {boxes}")
@@ -128,4 +129,64 @@ def _generate_task(args: argparse.Namespace) -> int:
         f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "/" not in k))
     if args.overlay:
         print(f"[mxr0] overlays in {args.overlay}")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace):
+    import mxr0  # lazy: keep mxr0 --help fast
+
+    return mxr0.Pipeline.from_pretrained(args.model, revision=args.revision, precision=args.precision)
+
+
+def _one_study(args: argparse.Namespace) -> int:
+    """``--image`` with ``--task report``: one study's report from `mxr0.Pipeline`, streamed to stdout."""
+    from mxr0.data.instruct import FRONTAL, LATERAL  # lazy: keep mxr0 --help fast
+    from mxr0.data.records import prior_report  # lazy: keep mxr0 --help fast
+    from mxr0.generate import prior_sections  # lazy: keep mxr0 --help fast
+
+    views = args.view or ["PA", "LATERAL", "PA"][: len(args.image)]
+    frontal = next((p for p, v in zip(args.image, views) if v in FRONTAL), None)
+    lateral = next((p for p, v in zip(args.image, views) if v in LATERAL), None)
+    if frontal is None:
+        print("mxr0 generate: the study needs a frontal image (view PA or AP): pass --view PA for the first --image",
+              file=sys.stderr)
+        return 2
+    prior = args.prior_image
+    if prior and args.prior_view not in FRONTAL:
+        log.warning("--prior-view %s is not a frontal view (PA / AP): the prior image is left out", args.prior_view)
+        prior = None
+    pipe = _pipeline(args)
+    if (prior or args.prior_report) and "prior" not in pipe.vlm["cfg"].views:
+        log.warning("this model was trained without the prior view (model.views=%s): the prior image and report are "
+                    "ignored", pipe.vlm["cfg"].views)
+    if args.prior_report and not prior:
+        log.warning("a prior report is shown to the model only with its prior image (--prior-image)")
+    gen = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    try:
+        out = pipe.report(frontal, lateral=lateral, prior=prior, prior_report=prior_report(prior_sections(args.prior_report)),
+                          indication=args.indication, technique=args.technique, comparison=args.comparison,
+                          on_delta=lambda s: print(s, end="", flush=True), **gen)
+    finally:
+        pipe.close()
+    print()
+    if not out["text"]:
+        print("(empty report)")
+    return 0
+
+
+def _one_image(args: argparse.Namespace) -> int:
+    """``--image`` with ``--task vqa|grounding``: the answer (and boxes) from `mxr0.Pipeline`."""
+    pipe = _pipeline(args)
+    try:
+        image = pipe.read(args.image[0])
+        out = pipe.ask(image, args.prompt) if args.task == "vqa" else pipe.ground(image, args.prompt)
+    finally:
+        pipe.close()
+    boxes = out.get("boxes_normalized", [])
+    print(out["text"] if not boxes else f"{out['text']}\nboxes (x1, y1, x2, y2 normalised to the original image): {boxes}")
+    if args.overlay and args.task != "vqa":
+        from mxr0.eval.grounding import draw_overlay  # lazy: keep mxr0 --help fast
+
+        draw_overlay(image.pixels, args.overlay, pred=boxes, phrase=args.prompt)
+        print(f"[mxr0] overlay: {args.overlay}")
     return 0

@@ -98,3 +98,17 @@ def test_models_stay_loaded_and_every_image_form_gives_the_same_answer(loaded, p
     again = p.report(png, indication="Cough.", max_new_tokens=4, on_delta=streamed.append)
     assert again["completion_tokens"] == 4 and "".join(streamed).strip() == again["text"]
     assert p.vlm["model"] is model
+
+
+def test_cli_generate_one_study_and_question_run_on_the_pipeline(export, png, capsys):
+    from mxr0.cli import main
+
+    direct = generate_study(str(export), [str(png)], ["PA"], stream=False, max_new_tokens=12)
+    assert direct.strip(), "the tiny export should say something for this comparison to mean anything"
+    assert main(["generate", "--model", str(export), "--image", str(png), "--view", "PA", "--max-new-tokens", "12"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == (direct or "(empty report)")
+    text, _ = ask_image(str(export), png, "vqa", "Is there a pleural effusion?")
+    assert main(["generate", "--task", "vqa", "--model", str(export), "--image", str(png), "--prompt",
+                 "Is there a pleural effusion?"]) == 0
+    assert capsys.readouterr().out.strip() == text
