@@ -237,14 +237,9 @@ def build_cache(records_path: str | os.PathLike, out_dir: str | os.PathLike, siz
         return _build_locked(src, out, size, bits, workers, progress, overwrite, splits)
 
 
-def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | None, progress: bool, overwrite: bool,
-                  splits: Iterable[str] | None) -> Path:
-    records = read_records(src, splits=splits, resolve_paths=False)
-    # The source relative to the cache, so that a data folder moved as a whole still matches.
-    settings = {"version": CACHE_VERSION, "size": size, "bits": bits,
-                "source": os.path.relpath(src, out.resolve()),
-                "splits": sorted(splits) if splits is not None else None}
-
+def _prepare_folder(out: Path, settings: dict, overwrite: bool) -> None:
+    """Check an existing cache's settings (or delete it with ``overwrite``), mark the folder incomplete and
+    remove the temporary files an interrupted run left."""
     meta_path = out / "cache.json"
     if meta_path.exists():
         try:
@@ -269,8 +264,10 @@ def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | Non
     if n_tmp:
         log.info("removed %d temporary files left by an interrupted run", n_tmp)
 
-    # One job per distinct source file (a prior image may be shared by several studies).
-    root = src.parent
+
+def _jobs(records: list[dict], root: Path) -> list[tuple[str, str, str]]:
+    """One ``(kind, path as in the records, full path)`` job per distinct source file (a prior image may be
+    shared by several studies)."""
     jobs: dict[tuple[str, str], tuple[str, str, str]] = {}
     for r in records:
         for kind, items in (("images", r["images"]), ("masks", r["masks"])):
@@ -279,8 +276,13 @@ def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | Non
                 if (kind, key) not in jobs:
                     full = key if os.path.isabs(key) else str(root / key)
                     jobs[(kind, key)] = (kind, key, full)
-    job_list = list(jobs.values())
+    return list(jobs.values())
 
+
+def _run_jobs(job_list: list[tuple[str, str, str]], out: Path, size: int, bits: int, workers: int | None,
+              progress: bool) -> tuple[dict, dict]:
+    """Cache every file of ``job_list`` (``workers`` processes): ``({(kind, key): (status, name, reason)},
+    counts by status)``; unreadable files are logged."""
     from functools import partial
 
     from tqdm.auto import tqdm
@@ -290,7 +292,6 @@ def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | Non
         workers = min(4, os.cpu_count() or 1)
     results: dict[tuple[str, str], tuple[str, str, str]] = {}
     counts = {"written": 0, "skipped": 0, "failed": 0}
-    t0 = time.perf_counter()
     bar = tqdm(total=len(job_list), desc=f"cache {size}px", unit="img", disable=not progress)
     try:
         if workers <= 1 or len(job_list) < 8:
@@ -312,7 +313,12 @@ def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | Non
                 pool.shutdown(cancel_futures=True)
     finally:
         bar.close()
+    return results, counts
 
+
+def _cached_records(records: list[dict], results: dict) -> tuple[list[dict], list[dict], list[str]]:
+    """(the records whose files were all cached, pointed at the cached files; the unreadable files; the ids
+    of the studies dropped for them)."""
     kept, failures, dropped = [], [], []
     for r in records:
         bad = [(kind, item["path"]) for kind in _KINDS for item in r[kind]
@@ -327,6 +333,22 @@ def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | Non
     for (kind, key), (status, _, reason) in results.items():
         if status == "failed":
             failures.append({"kind": kind[:-1], "path": key, "reason": reason})
+    return kept, failures, dropped
+
+
+def _build_locked(src: Path, out: Path, size: int, bits: int, workers: int | None, progress: bool, overwrite: bool,
+                  splits: Iterable[str] | None) -> Path:
+    records = read_records(src, splits=splits, resolve_paths=False)
+    # The source relative to the cache, so that a data folder moved as a whole still matches.
+    settings = {"version": CACHE_VERSION, "size": size, "bits": bits,
+                "source": os.path.relpath(src, out.resolve()),
+                "splits": sorted(splits) if splits is not None else None}
+    meta_path = out / "cache.json"
+    _prepare_folder(out, settings, overwrite)
+    job_list = _jobs(records, src.parent)
+    t0 = time.perf_counter()
+    results, counts = _run_jobs(job_list, out, size, bits, workers, progress)
+    kept, failures, dropped = _cached_records(records, results)
 
     missing = missing_files(kept, out)
     if missing:

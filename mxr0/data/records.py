@@ -337,14 +337,8 @@ def _list_field(errs: list[str], rec: dict, key: str) -> list:
     return v
 
 
-def validate_record(rec: Any) -> list[str]:
-    """Every problem of one record as ``"field: message"`` strings (empty when valid).
-
-    Checks fields and types only; where paths point is checked by `validate_records` with the
-    records file's declared roots."""
-    if not isinstance(rec, dict):
-        return [f"record: is a {type(rec).__name__}, expected a JSON object"]
-    errs: list[str] = []
+def _check_identity(errs: list[str], rec: dict) -> None:
+    """Unknown and missing fields, ``study_id``, ``split``, ``anatomy`` and the text fields."""
     known = set(empty_record("x"))
     for key in rec:
         if key not in known:
@@ -364,6 +358,10 @@ def validate_record(rec: Any) -> list[str]:
     for s in REPORT_SECTIONS + ("source",) + PRIOR_FIELDS:
         if s in rec and rec[s] is not None and not isinstance(rec[s], str):
             errs.append(f"{s}: expected a string, got {type(rec[s]).__name__}")
+
+
+def _check_images(errs: list[str], rec: dict) -> list:
+    """``images``: a list of objects with a path, a view and a role; returns the list (empty if not one)."""
     images = _list_field(errs, rec, "images")
     for i, im in enumerate(images):
         if not isinstance(im, dict):
@@ -374,6 +372,11 @@ def validate_record(rec: Any) -> list[str]:
             errs.append(bad)
         _check_choice(errs, f"images[{i}].view", im.get("view", ""), VIEWS)
         _check_choice(errs, f"images[{i}].role", im.get("role", "current"), IMAGE_ROLES)
+    return images
+
+
+def _check_labels(errs: list[str], rec: dict) -> None:
+    """``labels`` (CheXpert observations) and ``source_labels`` (``<prefix>:<name>`` keys): 1, 0, -1 or null."""
     labels = rec.get("labels", {})
     if labels is None:
         labels = {}
@@ -397,7 +400,11 @@ def validate_record(rec: Any) -> list[str]:
                 errs.append(f"source_labels.{shown}: {bad}")
             elif isinstance(v, (bool, list, dict)) or v not in LABEL_VALUES:
                 errs.append(f"source_labels.{shown}={_short(v)}: expected 1, 0, -1 or null")
-    pid = rec.get("prior_study_id")
+
+
+def _check_prior(errs: list[str], rec: dict, images: list) -> None:
+    """``prior_study_id`` and the prior report, which needs a prior study or a prior image."""
+    sid, pid = rec.get("study_id"), rec.get("prior_study_id")
     if isinstance(pid, str) and pid and isinstance(sid, str) and pid == sid:
         errs.append(f"prior_study_id: {_short(pid)} is the study itself")
     elif isinstance(pid, str) and "\x00" in pid:
@@ -406,6 +413,10 @@ def validate_record(rec: Any) -> list[str]:
     for k in ("prior_findings", "prior_impression"):
         if isinstance(rec.get(k), str) and rec[k].strip() and not pid and not has_prior_image:
             errs.append(f"{k}: a prior report needs its prior_study_id or a prior image (images[*].role 'prior')")
+
+
+def _check_boxes(errs: list[str], rec: dict, images: list) -> None:
+    """``boxes``: normalised (x0, y0, x1, y1) on one of the images, optional phrase and label strings."""
     for i, b in enumerate(_list_field(errs, rec, "boxes")):
         if not isinstance(b, dict):
             errs.append(f"boxes[{i}]: expected an object, got {type(b).__name__}")
@@ -423,6 +434,10 @@ def validate_record(rec: Any) -> list[str]:
         idx = b.get("image_index", 0)
         if not _is_int(idx) or not 0 <= idx < max(len(images), 1):
             errs.append(f"boxes[{i}].image_index={_short(idx)} does not name one of the {len(images)} images")
+
+
+def _check_masks(errs: list[str], rec: dict, images: list) -> None:
+    """``masks``: a name and a path on one of the images."""
     for i, m in enumerate(_list_field(errs, rec, "masks")):
         if not isinstance(m, dict):
             errs.append(f"masks[{i}]: expected an object with a name and a path, got {type(m).__name__}")
@@ -435,6 +450,10 @@ def validate_record(rec: Any) -> list[str]:
         idx = m.get("image_index", 0)
         if not _is_int(idx) or not 0 <= idx < max(len(images), 1):
             errs.append(f"masks[{i}].image_index={_short(idx)} does not name one of the {len(images)} images")
+
+
+def _check_qa(errs: list[str], rec: dict) -> None:
+    """``qa``: question and answer strings, the answer type, and options that hold the answer."""
     for i, q in enumerate(_list_field(errs, rec, "qa")):
         if not isinstance(q, dict):
             errs.append(f"qa[{i}]: expected an object with a question and an answer, got {type(q).__name__}")
@@ -452,6 +471,23 @@ def validate_record(rec: Any) -> list[str]:
             errs.append(f"qa[{i}].options: expected a list of strings, got {_short(opts)}")
         elif opts and isinstance(q.get("answer"), str) and q["answer"] not in opts:
             errs.append(f"qa[{i}].answer: {_short(q['answer'])} is not among its options {_short(opts, 120)}")
+
+
+def validate_record(rec: Any) -> list[str]:
+    """Every problem of one record as ``"field: message"`` strings (empty when valid).
+
+    Checks fields and types only; where paths point is checked by `validate_records` with the
+    records file's declared roots."""
+    if not isinstance(rec, dict):
+        return [f"record: is a {type(rec).__name__}, expected a JSON object"]
+    errs: list[str] = []
+    _check_identity(errs, rec)
+    images = _check_images(errs, rec)
+    _check_labels(errs, rec)
+    _check_prior(errs, rec, images)
+    _check_boxes(errs, rec, images)
+    _check_masks(errs, rec, images)
+    _check_qa(errs, rec)
     if "sex" in rec:
         _check_choice(errs, "sex", rec["sex"], SEXES)
     age = rec.get("age")

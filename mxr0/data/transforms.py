@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .processor_config import processor_config, read_processor_config, transform_arguments
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Geometry", "ImageTransform"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -108,6 +110,28 @@ class Geometry:
         return o[0] if single else o
 
 
+def _placement(h: int, w: int, s: int, mode: str, resize: str, resize_size: int | None) -> Geometry:
+    """The :class:`Geometry` of an ``h`` x ``w`` original in an ``s`` x ``s`` frame (see :class:`ImageTransform`)."""
+    h, w = int(h), int(w)
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got {h}x{w}")
+    if mode == "pad":
+        if h >= w:
+            nh, nw = s, max(1, round(s * w / h))
+        else:
+            nh, nw = max(1, round(s * h / w)), s
+        return Geometry(h, w, s, nh, nw, (s - nw) // 2, (s - nh) // 2)
+    r = resize_size or s
+    if resize == "stretch":
+        nh = nw = r
+    elif h <= w:  # shortest edge to r; long edge truncated like transformers' resize
+        nh, nw = r, int(r * w / h)
+    else:
+        nh, nw = int(r * h / w), r
+    nh, nw = max(nh, s), max(nw, s)
+    return Geometry(h, w, s, nh, nw, -((nw - s) // 2), -((nh - s) // 2))
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """Resize, crop or pad, replicate channels and normalise a [0, 1] X-ray for the encoder.
@@ -165,25 +189,7 @@ class ImageTransform:
 
     def geometry(self, h: int, w: int) -> Geometry:
         """The placement of an ``h`` x ``w`` original in the model frame (same arithmetic as HF)."""
-        h, w = int(h), int(w)
-        if h < 1 or w < 1:
-            raise ValueError(f"image size must be positive, got {h}x{w}")
-        s = self.size
-        if self.mode == "pad":
-            if h >= w:
-                nh, nw = s, max(1, round(s * w / h))
-            else:
-                nh, nw = max(1, round(s * h / w)), s
-            return Geometry(h, w, s, nh, nw, (s - nw) // 2, (s - nh) // 2)
-        r = self.resize_size or s
-        if self.resize == "stretch":
-            nh = nw = r
-        elif h <= w:  # shortest edge to r; long edge truncated like transformers' resize
-            nh, nw = r, int(r * w / h)
-        else:
-            nh, nw = int(r * h / w), r
-        nh, nw = max(nh, s), max(nw, s)
-        return Geometry(h, w, s, nh, nw, -((nw - s) // 2), -((nh - s) // 2))
+        return _placement(h, w, self.size, self.mode, self.resize, self.resize_size)
 
     def __call__(self, img: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Transform an (H, W) float image in [0, 1] into a normalised [channels, size, size] tensor."""
@@ -229,71 +235,13 @@ class ImageTransform:
         the same normalised values. The resampling filter is not copied (ours is always bilinear).
         Configs whose output would not be square (no crop after a shortest-edge resize) are refused.
         """
-        if not cfg.get("do_resize", True):
-            raise ValueError("processor configs with do_resize=False are not supported (inputs vary in size)")
-        size = cfg.get("size")
-        if isinstance(size, (int, float)):
-            size = {"shortest_edge": int(size)}
-        if not isinstance(size, dict):
-            raise ValueError(f"processor config has no usable 'size': {size!r}")
-        size = {k: v for k, v in size.items() if v is not None}
-        if "shortest_edge" in size and "longest_edge" not in size:
-            resize, resize_size = "shortest", int(size["shortest_edge"])
-        elif "height" in size and "width" in size:
-            if int(size["height"]) != int(size["width"]):
-                raise ValueError(f"non-square resize {size} is not supported")
-            resize, resize_size = "stretch", int(size["height"])
-        else:
-            raise ValueError(f"unsupported processor 'size' {size}; expected shortest_edge or height/width")
-
-        do_crop = cfg.get("do_center_crop", "crop_size" in cfg)
-        if do_crop:
-            crop = cfg.get("crop_size")
-            if isinstance(crop, (int, float)):
-                crop = {"height": int(crop), "width": int(crop)}
-            if not isinstance(crop, dict) or int(crop["height"]) != int(crop["width"]):
-                raise ValueError(f"crop_size must be square, got {crop!r}")
-            out = int(crop["height"])
-        elif resize == "stretch":
-            out = resize_size
-        else:
-            raise ValueError("a shortest-edge resize without centre crop gives non-square outputs; not supported")
-
-        k = 255.0 * (float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0)
-        if cfg.get("do_normalize", True):
-            if cfg.get("image_mean") is None or cfg.get("image_std") is None:
-                raise ValueError("processor config has do_normalize but no image_mean / image_std")
-            mean = np.atleast_1d(np.asarray(cfg["image_mean"], dtype=np.float64))
-            std = np.atleast_1d(np.asarray(cfg["image_std"], dtype=np.float64))
-        else:
-            mean, std = np.zeros(1), np.ones(1)
-        # HF: (x255 * r - m) / s with x255 = 255 x  ==  (x - m / k) / (s / k), k = 255 r.
-        mean, std = np.broadcast_to(mean / k, (3,)), np.broadcast_to(std / k, (3,))
-        return cls(
-            size=out,
-            resize=resize,
-            mode="crop",
-            mean=tuple(float(v) for v in mean),
-            std=tuple(float(v) for v in std),
-            channels=3,
-            resize_size=None if resize_size == out else resize_size,
-        )
+        return cls(**transform_arguments(cfg))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str]) -> ImageTransform:
         """Read ``preprocessor_config.json`` from a local folder (or that json file itself), else ask
         ``transformers.AutoImageProcessor`` for a Hub id (needs network or a cached copy)."""
-        p = Path(name_or_path)
-        cfg_file = p / "preprocessor_config.json" if p.is_dir() else p
-        if cfg_file.is_file():
-            with open(cfg_file, encoding="utf-8") as f:
-                return cls.from_processor_config(json.load(f))
-        if p.is_dir():
-            raise FileNotFoundError(f"no preprocessor_config.json in '{p}'; export the model with its image processor")
-        from transformers import AutoImageProcessor  # heavy import, only when needed
-
-        processor = AutoImageProcessor.from_pretrained(str(name_or_path))
-        return cls.from_processor_config(processor.to_dict())
+        return cls.from_processor_config(read_processor_config(name_or_path))
 
     @classmethod
     def for_encoder(cls, name_or_path: str | os.PathLike[str] | None, size: int, mean, std) -> ImageTransform:
@@ -323,27 +271,8 @@ class ImageTransform:
     def to_processor_config(self) -> dict[str, Any]:
         """A ``BitImageProcessor`` config equivalent to this transform (no remote code needed).
 
-        Resampling is written as 3 (bicubic, the DINOv2 convention), while this transform is
-        bilinear: the two agree closely but not bit for bit. Pad mode and 1-channel transforms have
+        Resampling is written as 2 (bilinear, as this transform resizes); PIL's bilinear filter and
+        ours agree closely but not bit for bit. Pad mode and 1-channel transforms have
         no BitImageProcessor equivalent and raise ``ValueError``.
         """
-        if self.mode != "crop":
-            raise ValueError("pad mode cannot be expressed as a BitImageProcessor config")
-        if self.channels != 3:
-            raise ValueError("BitImageProcessor produces 3 channels; this transform has 1")
-        r = self.resize_size or self.size
-        size = {"shortest_edge": r} if self.resize == "shortest" else {"height": r, "width": r}
-        return {
-            "image_processor_type": "BitImageProcessor",
-            "do_resize": True,
-            "size": size,
-            "resample": 2,  # bilinear (PIL code 2), as our own transform resizes
-            "do_center_crop": True,
-            "crop_size": {"height": self.size, "width": self.size},
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": [float(v) for v in np.broadcast_to(self.mean, (3,))],
-            "image_std": [float(v) for v in np.broadcast_to(self.std, (3,))],
-            "do_convert_rgb": True,
-        }
+        return processor_config(self)

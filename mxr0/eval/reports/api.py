@@ -96,6 +96,73 @@ def _conventions(fams: list[str], uncertain: str, rouge_stemmer: bool, radgraph_
     return conv
 
 
+_BOOTSTRAP_NOTES = {"unit": "study (report pair)", "center": "median of the resampled corpus values",
+                    "interval": "95% percentile interval (2.5th-97.5th percentiles)",
+                    "note": "corpus metrics are recomputed on every resample (BLEU brevity penalty, "
+                            "CIDEr-D document frequencies, micro/macro F1), not averaged per study"}
+_PAIRED_TEST = ("paired approximate randomisation (swap each study's two outputs with probability 1/2), "
+                "two-sided, p = (1 + #{|delta*| >= |delta|}) / (1 + trials)")
+
+
+def _load(name: str, loader, skip_missing: bool, skipped: dict, timing: dict):
+    """``loader()`` timed as ``{name}_load``; None, with the reason under ``skipped[name]``, when its files are
+    missing and ``skip_missing``."""
+    t0 = time.perf_counter()
+    model = None
+    try:
+        model = loader()
+    except MissingWeightsError as e:
+        if not skip_missing:
+            raise
+        skipped[name] = str(e)
+    timing[f"{name}_load"] = time.perf_counter() - t0
+    return model
+
+
+def _nlg_stats(active: list[str], systems: dict, refs, stats: dict, rouge_stemmer: bool, timing: dict, say) -> None:
+    """The NLG metrics of ``active`` for each system, into ``stats[system]``."""
+    nlg = [f for f in active if f in ("bleu", "rouge_l", "rouge_l_f1", "cider_d")]
+    if not nlg:
+        return
+    t0 = time.perf_counter()
+    ptb_refs = tokenize_corpus(refs) if any(f in nlg for f in ("bleu", "rouge_l", "cider_d")) else None
+    for k, h in systems.items():
+        stats[k].update(nlg_stats(h, refs, nlg, rouge_stemmer=rouge_stemmer, ptb_refs=ptb_refs))
+    timing["nlg"] = time.perf_counter() - t0
+    say(f"NLG metrics: {timing['nlg']:.1f} s")
+
+
+def _chexbert_stats(chexbert: CheXbert, systems: dict, refs, stats: dict, uncertain: str, batch_size: int,
+                    timing: dict, say) -> dict:
+    """CheXbert F1 of each system into ``stats[system]``; returns the per-label tables."""
+    t0 = time.perf_counter()
+    per_label = {}
+    texts = list(refs) + [t for h in systems.values() for t in h]
+    classes = chexbert.label(texts, batch_size=batch_size)
+    n = len(refs)
+    for j, (k, h) in enumerate(systems.items()):
+        st = CheXbertStats(classes[n * (j + 1):n * (j + 2)], classes[:n], uncertain)
+        stats[k]["chexbert"] = st
+        per_label[f"chexbert_{k}" if k != "a" else "chexbert"] = st.per_label()
+    timing["chexbert"] = time.perf_counter() - t0
+    say(f"CheXbert: labelled {len(set(texts))} distinct reports in {timing['chexbert']:.1f} s")
+    return per_label
+
+
+def _radgraph_stats(radgraph: RadGraph, systems: dict, refs, stats: dict, batch_size: int, timing: dict, say) -> None:
+    """RadGraph F1 of each system into ``stats[system]``."""
+    t0 = time.perf_counter()
+    texts = list(refs) + [t for h in systems.values() for t in h]
+    anns = radgraph.annotate([t for t in texts if t], batch_size=max(1, batch_size // 2))
+    by_text = dict(zip([t for t in texts if t], anns))
+    empty = {"text": "", "entities": {}}
+    ref_anns = [by_text.get(t, empty) for t in refs]
+    for k, h in systems.items():
+        stats[k]["radgraph"] = RadGraphStats(h, refs, [by_text.get(t, empty) for t in h], ref_anns)
+    timing["radgraph"] = time.perf_counter() - t0
+    say(f"RadGraph: annotated {len(by_text)} distinct reports in {timing['radgraph']:.1f} s")
+
+
 def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | None = None, bootstrap: int = 500,
                      seed: int = 0, uncertain: str = "positive", chexbert_weights=None, radgraph_model=None,
                      skip_missing: bool = False, compare=None, batch_size: int = 32, device: str | None = None,
@@ -129,69 +196,25 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
             warnings.warn(note, stacklevel=2)
     skipped: dict[str, str] = {}
     timing: dict[str, float] = {}
-
     # Load the models first: a missing file should fail before minutes of work.
     if "chexbert" in fams and chexbert is None:
-        t0 = time.perf_counter()
-        try:
-            chexbert = CheXbert.load(chexbert_weights, device=device)
-        except MissingWeightsError as e:
-            if not skip_missing:
-                raise
-            skipped["chexbert"] = str(e)
-        timing["chexbert_load"] = time.perf_counter() - t0
+        chexbert = _load("chexbert", lambda: CheXbert.load(chexbert_weights, device=device), skip_missing, skipped,
+                         timing)
     if "radgraph" in fams and radgraph is None:
-        t0 = time.perf_counter()
-        try:
-            radgraph = RadGraph.load(radgraph_model, device=device)
-        except MissingWeightsError as e:
-            if not skip_missing:
-                raise
-            skipped["radgraph"] = str(e)
-        timing["radgraph_load"] = time.perf_counter() - t0
+        radgraph = _load("radgraph", lambda: RadGraph.load(radgraph_model, device=device), skip_missing, skipped,
+                         timing)
     active = [f for f in fams if f not in skipped]
 
     systems = {"a": hyps} if hyps_b is None else {"a": hyps, "b": hyps_b}
     stats: dict[str, dict] = {k: {} for k in systems}
     per_label = {}
-    nlg = [f for f in active if f in ("bleu", "rouge_l", "rouge_l_f1", "cider_d")]
-    if nlg:
-        t0 = time.perf_counter()
-        ptb_refs = tokenize_corpus(refs) if any(f in nlg for f in ("bleu", "rouge_l", "cider_d")) else None
-        for k, h in systems.items():
-            stats[k].update(nlg_stats(h, refs, nlg, rouge_stemmer=rouge_stemmer, ptb_refs=ptb_refs))
-        timing["nlg"] = time.perf_counter() - t0
-        say(f"NLG metrics: {timing['nlg']:.1f} s")
+    _nlg_stats(active, systems, refs, stats, rouge_stemmer, timing, say)
     if "chexbert" in active:
-        t0 = time.perf_counter()
-        texts = list(refs) + [t for h in systems.values() for t in h]
-        classes = chexbert.label(texts, batch_size=batch_size)
-        n = len(refs)
-        for j, (k, h) in enumerate(systems.items()):
-            st = CheXbertStats(classes[n * (j + 1):n * (j + 2)], classes[:n], uncertain)
-            stats[k]["chexbert"] = st
-            per_label[f"chexbert_{k}" if k != "a" else "chexbert"] = st.per_label()
-        timing["chexbert"] = time.perf_counter() - t0
-        say(f"CheXbert: labelled {len(set(texts))} distinct reports in {timing['chexbert']:.1f} s")
+        per_label = _chexbert_stats(chexbert, systems, refs, stats, uncertain, batch_size, timing, say)
     if "radgraph" in active:
-        t0 = time.perf_counter()
-        texts = list(refs) + [t for h in systems.values() for t in h]
-        anns = radgraph.annotate([t for t in texts if t], batch_size=max(1, batch_size // 2))
-        by_text = dict(zip([t for t in texts if t], anns))
-        empty = {"text": "", "entities": {}}
-        ref_anns = [by_text.get(t, empty) for t in refs]
-        for k, h in systems.items():
-            stats[k]["radgraph"] = RadGraphStats(h, refs, [by_text.get(t, empty) for t in h], ref_anns)
-        timing["radgraph"] = time.perf_counter() - t0
-        say(f"RadGraph: annotated {len(by_text)} distinct reports in {timing['radgraph']:.1f} s")
+        _radgraph_stats(radgraph, systems, refs, stats, batch_size, timing, say)
 
-    def point(st: dict) -> dict:
-        out = {}
-        for s in st.values():
-            out.update(s.value())
-        return out
-
-    values_a = point(stats["a"])
+    values_a = {k: v for s in stats["a"].values() for k, v in s.value().items()}
     samples = None
     if bootstrap and bootstrap > 0 and stats["a"]:
         t0 = time.perf_counter()
@@ -211,20 +234,13 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
                      "allow_partial": allow_partial, "max_report_chars": pairing.max_chars},
     }
     if samples is not None:
-        result["bootstrap"] = {"n_resamples": int(bootstrap), "seed": seed, "unit": "study (report pair)",
-                               "center": "median of the resampled corpus values",
-                               "interval": "95% percentile interval (2.5th-97.5th percentiles)",
-                               "note": "corpus metrics are recomputed on every resample (BLEU brevity penalty, "
-                                       "CIDEr-D document frequencies, micro/macro F1), not averaged per study"}
+        result["bootstrap"] = {"n_resamples": int(bootstrap), "seed": seed, **_BOOTSTRAP_NOTES}
     if hyps_b is not None:
         t0 = time.perf_counter()
         test = paired_randomization(stats["a"], stats["b"], trials=trials, seed=seed)
         timing["paired_test"] = time.perf_counter() - t0
-        result["comparison"] = {
-            "method": "paired approximate randomisation (swap each study's two outputs with probability 1/2), "
-                      "two-sided, p = (1 + #{|delta*| >= |delta|}) / (1 + trials)",
-            "trials": trials, "seed": seed, "delta": "system B (compare) minus system A (pred)",
-            "results": test}
+        result["comparison"] = {"method": _PAIRED_TEST, "trials": trials, "seed": seed,
+                                "delta": "system B (compare) minus system A (pred)", "results": test}
     result["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
     return result
 

@@ -109,6 +109,7 @@ def _ci(words: str) -> str:
     return "(?:" + "".join(out) + ")"
 
 
+# The house's commented exception to ~100 lines a function: a data table (PTBLexer's JFlex macros, one regex each).
 @lru_cache(maxsize=1)
 def _macros() -> dict[str, str]:
     c = _classes()

@@ -19,12 +19,13 @@ relation tuples; pass ``case_insensitive=False`` for that behaviour).
 report per forward pass and downloads its models at first use. :class:`RadGraph` loads the same
 model archives (``radgraph.tar.gz``, ``radgraph-xl.tar.gz``, ``modern-radgraph-xl.tar.gz`` from
 ``StanfordAIMI/RRG_scorers``: ``config.json``, ``weights.th``, ``vocabulary/``) from a local path and
-re-implements the DyGIE forward pass the package uses: the report pre-processing of each model
-type, words split into word pieces (mismatched embedder: wordpiece vectors averaged per word,
-documents longer than ``max_length`` folded into segments), spans up to ``max_span_width`` words
-embedded as [start; end; width embedding], a NER feed-forward scorer with a fixed 0 score for the
-null label, span pruning to ``ceil(words * spans_per_word)`` by a mention scorer, pairwise relation
-scores ``FFNN([a; b; a*b]) + s_a + s_b`` with a null 0 score, and the package's post-processing into
+re-implements the DyGIE forward pass the package uses (network: :mod:`.radgraph_dygie`): the report
+pre-processing of each model type, words split into word pieces (mismatched embedder: wordpiece
+vectors averaged per word, documents longer than ``max_length`` folded into segments), spans up to
+``max_span_width`` words embedded as [start; end; width embedding], a NER feed-forward scorer with a
+fixed 0 score for the null label, span pruning to ``ceil(words * spans_per_word)`` by a mention
+scorer, pairwise relation scores ``FFNN([a; b; a*b]) + s_a + s_b`` with a null 0 score, and the
+package's post-processing into
 ``{"text", "entities": {id: {tokens, label, start_ix, end_ix, relations}}}``. The transformer
 config and tokenizer named in ``config.json`` come from a folder next to the weights
 (``transformer/``), a local path, or the Hugging Face cache; they are never downloaded.
@@ -43,7 +44,6 @@ precision, the calibration, the threshold and how many reports were redone.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -52,10 +52,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from mxr0.precision import autocast, resolve_precision, top2_margin
+from mxr0.precision import autocast, resolve_precision
 
 from .batching import length_batches
+from .radgraph_dygie import decision_margin, decode_annotation, load_dygie, segment_documents, special_tokens
 from .stats import AdditiveStats
 from .weights import MissingWeightsError, hf_cached_file, user_cache_dir
 
@@ -276,75 +278,42 @@ def resolve_radgraph_model(model: str | os.PathLike | None = None) -> Path:
         f"`hf download {HUB_REPO} {MODEL_TYPES[mtype]}`. Or pass --skip-missing to report the other metrics."))
 
 
-def _read_vocab(path: Path) -> list[str]:
-    lines = re.split(r"\n|\r\n", path.read_text(encoding="utf-8"))
-    if lines and lines[-1] == "":
-        lines = lines[:-1]
-    return [ln.replace("@@NEWLINE@@", "\n") for ln in lines]
+def _calibration_sample(order, n: int) -> list[int]:
+    """Indices of the reports annotated in fp32 to calibrate the threshold: evenly spread over ``order``
+    (the reports sorted by length), 2% of them and at least 16, as for CheXbert."""
+    from .chexbert import CALIBRATION_MIN, CALIBRATION_SHARE
+
+    k = min(n, max(CALIBRATION_MIN, int(np.ceil(CALIBRATION_SHARE * n))))
+    return sorted({int(order[j]) for j in np.linspace(0, n - 1, k).round().astype(int)})
 
 
-def _transformer_source(model_dir: Path, name: str) -> str:
-    for cand in (model_dir / "transformer", model_dir / Path(name).name, Path(name),
-                 Path(os.environ["MXR0_RADGRAPH_TRANSFORMER"]) if os.environ.get("MXR0_RADGRAPH_TRANSFORMER") else None):
-        if cand is not None and (cand / "config.json").is_file():
-            return str(cand)
-    if hf_cached_file(name, "config.json") is not None:
-        return name
-    raise MissingWeightsError("radgraph", (
-        f"The RadGraph model in {model_dir} uses the transformer '{name}'; its config.json and tokenizer files "
-        f"are not here. Put them in {model_dir / 'transformer'} (or set MXR0_RADGRAPH_TRANSFORMER=DIR), or have "
-        f"'{name}' in the Hugging Face cache (`hf download {name} config.json vocab.txt tokenizer_config.json` "
-        "where there is internet). Or pass --skip-missing to report the other metrics."))
+def _score_deviation(dev: float, ref: tuple, low: tuple) -> float:
+    """``dev`` raised to the largest |fp32 - bf16| score difference of one report (scores with margins)."""
+    if ref[1] is not None:
+        dev = max(dev, float((ref[1] - low[1]).abs().max()), float((ref[5] - low[5]).abs().max()))
+        if ref[2] == low[2] and ref[3].numel():
+            dev = max(dev, float((ref[3] - low[3]).abs().max()))
+    return dev
 
 
-# ---------------------------------------------------------------------------------------------
-def _build_modules(cfg: dict, transformer_config, n_ner: int, n_rel: int):
-    import torch
-    from torch import nn
-    from transformers import AutoModel
-
-    model_cfg = cfg["model"]
-    ff = model_cfg["feedforward_params"]
-    layers = int(ff["num_layers"])
-    hidden = ff["hidden_dims"]
-    hidden = list(hidden) if isinstance(hidden, list) else [int(hidden)] * layers
-
-    class FeedForward(nn.Module):  # allennlp FeedForward: Linear + ReLU on every layer (dropout off)
-        def __init__(self, d_in):
-            super().__init__()
-            dims = [d_in] + hidden
-            self._linear_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-        def forward(self, x):
-            for lin in self._linear_layers:
-                x = torch.relu(lin(x))
-            return x
-
-    class DyGIE(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.transformer = AutoModel.from_config(transformer_config)
-            h = transformer_config.hidden_size
-            feat = int(model_cfg["feature_size"])
-            self.width = nn.Embedding(int(model_cfg["max_span_width"]), feat)
-            span = 2 * h + feat
-            self.ner_ff, self.ner_out = FeedForward(span), nn.Linear(hidden[-1], n_ner - 1)
-            self.prune_ff, self.prune_out = FeedForward(span), nn.Linear(hidden[-1], 1)
-            self.rel_ff, self.rel_out = FeedForward(3 * span), nn.Linear(hidden[-1], n_rel)
-
-    return DyGIE()
+def _run_record(prec: str, requested: str, n: int, n_calib: int, dev: float, thr: float, n_redo: int,
+                margin: float, max_relabel: float) -> dict:
+    """``RadGraph.last_run``: what one ``annotate`` call ran."""
+    frac = n_redo / n if n else 0.0
+    return {"precision": prec, "requested": requested, "reports": n,
+            "calibration_fp32": n_calib, "max_abs_score_diff": dev if n_calib else None,
+            "threshold": thr if n_calib else None, "relabelled_fp32": n_redo, "relabel_fraction": frac,
+            "margin": float(margin), "max_relabel": float(max_relabel),
+            "over_cap": prec != "fp32" and frac > max_relabel}
 
 
-def _official_key(ours: str, ner_ns: str, rel_ns: str) -> str:
-    head, _, rest = ours.partition(".")
-    return {"transformer": "_embedder.token_embedder_bert._matched_embedder.transformer_model.",
-            "width": "_endpoint_span_extractor._span_width_embedding.",
-            "ner_ff": f"_ner._ner_scorers.{ner_ns}.0._module.",
-            "ner_out": f"_ner._ner_scorers.{ner_ns}.1._module.",
-            "prune_ff": f"_relation._mention_pruners.{rel_ns}._scorer.0._module.",
-            "prune_out": f"_relation._mention_pruners.{rel_ns}._scorer.1._module.",
-            "rel_ff": f"_relation._relation_feedforwards.{rel_ns}.",
-            "rel_out": f"_relation._relation_scorers.{rel_ns}."}[head] + rest
+def _warn_over_cap(run: dict, thr: float) -> None:
+    import warnings
+
+    warnings.warn(f"RadGraph {run['precision']}: {run['relabelled_fp32']} of {run['reports']} reports "
+                  f"({100 * run['relabel_fraction']:.0f}%, cap {100 * run['max_relabel']:.0f}%) had a decision margin "
+                  f"below {thr:.3g} and were annotated again in fp32: the annotations are exact but bf16 "
+                  "is little or no faster for this model", stacklevel=3)
 
 
 class RadGraph:
@@ -361,11 +330,7 @@ class RadGraph:
         tok_cfg = cfg.get("dataset_reader", {}).get("token_indexers", {}).get("bert", {})
         emb_cfg = mc.get("embedder", {}).get("token_embedders", {}).get("bert", {})
         self.max_length = emb_cfg.get("max_length", tok_cfg.get("max_length"))
-        # special tokens around one sequence, found the way allennlp does (encode a probe word)
-        plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
-        full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-        at = next(i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain)
-        self.prefix, self.suffix = full[:at], full[at + len(plain):]
+        self.prefix, self.suffix = special_tokens(tokenizer)
         self.n_start, self.n_end = len(self.prefix), len(self.suffix)
         limit = getattr(model.transformer.config, "max_position_embeddings", 512)
         self.segment_len = int(self.max_length) if self.max_length else int(limit)
@@ -374,50 +339,7 @@ class RadGraph:
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str | None = None) -> "RadGraph":
-        import torch
-        from transformers import AutoConfig, AutoTokenizer
-
-        model_dir = resolve_radgraph_model(model)
-        cfg = json.loads((model_dir / "config.json").read_text())
-        vocab_dir = model_dir / "vocabulary"
-        ner_ns = sorted(p.stem for p in vocab_dir.glob("*__ner_labels.txt"))
-        rel_ns = sorted(p.stem for p in vocab_dir.glob("*__relation_labels.txt"))
-        if len(ner_ns) != 1 or len(rel_ns) != 1:
-            raise ValueError(f"{vocab_dir}: expected one *__ner_labels.txt and one *__relation_labels.txt, found "
-                             f"{ner_ns} and {rel_ns}")
-        model_type = ner_ns[0].split("__")[0]
-        ner_labels = _read_vocab(vocab_dir / f"{ner_ns[0]}.txt")
-        rel_labels = _read_vocab(vocab_dir / f"{rel_ns[0]}.txt")
-        if not ner_labels or ner_labels[0] != "":
-            raise ValueError(f"{vocab_dir}/{ner_ns[0]}.txt: the first NER label must be the empty null label")
-        mc = cfg["model"]
-        lw = mc.get("loss_weights", {})
-        if float(lw.get("coref", 0)) > 0 or float(lw.get("events", 0)) > 0 or \
-                float(mc.get("modules", {}).get("coref", {}).get("coref_prop", 0) or 0) > 0:
-            raise ValueError(f"{model_dir}: coreference/event modules are active in this model; only NER + "
-                             "relation models (all RadGraph releases) are supported")
-        name = mc["embedder"]["token_embedders"]["bert"]["model_name"]
-        src = _transformer_source(model_dir, name)
-        tcfg = AutoConfig.from_pretrained(src, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
-        net = _build_modules(cfg, tcfg, len(ner_labels), len(rel_labels))
-        state = torch.load(str(model_dir / "weights.th"), map_location="cpu", weights_only=True)
-        ours = {}
-        missing = []
-        for k in net.state_dict():
-            ok = _official_key(k, ner_ns[0], rel_ns[0])
-            if ok in state:
-                ours[k] = state[ok]
-            elif k.endswith("position_ids") or k.endswith("token_type_ids"):
-                ours[k] = net.state_dict()[k]  # buffers some transformers versions do not save
-            else:
-                missing.append(ok)
-        if missing:
-            raise ValueError(f"{model_dir / 'weights.th'}: missing {len(missing)} tensors, e.g. {missing[:5]}")
-        net.load_state_dict(ours, strict=True)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        net.to(device).eval()
-        return cls(net, tokenizer, cfg, ner_labels, rel_labels, model_type, device)
+        return cls(*load_dygie(resolve_radgraph_model(model), device))
 
     # -----------------------------------------------------------------------------------------
     def _wordpieces(self, word: str) -> list[int]:
@@ -432,8 +354,6 @@ class RadGraph:
         if m is None:
             import copy
 
-            import torch
-
             m = self._bf16_tf = copy.deepcopy(self.model.transformer).to(torch.bfloat16).eval()
         return m
 
@@ -442,32 +362,10 @@ class RadGraph:
         zeros for a word without word pieces. Long documents are folded into segments of
         ``max_length`` as allennlp does; all segments of all documents go through the transformer in
         length-sorted batches."""
-        import torch
-
-
         transformer = self._bf16_transformer() if precision == "bf16-weights" else self.model.transformer
         eff = self.segment_len - self.n_start - self.n_end
-        seg_rows: list[list[int]] = []
-        piece_row: list[int] = []  # per word piece of every document: its segment row and column
-        piece_col: list[int] = []
-        piece_word: list[int] = []  # global word index
-        n_words = []
-        w_global = 0
-        for words in docs:
-            first = len(seg_rows)
-            wp: list[int] = []
-            for w in words:
-                ids = self._wordpieces(w)
-                for j in range(len(ids)):
-                    t = len(wp) + j
-                    piece_row.append(first + t // eff)
-                    piece_col.append(self.n_start + t % eff)
-                    piece_word.append(w_global)
-                wp.extend(ids)
-                w_global += 1
-            for i in range(0, max(len(wp), 1), eff):
-                seg_rows.append(self.prefix + wp[i:i + eff] + self.suffix)
-            n_words.append(len(words))
+        seg_rows, piece_row, piece_col, piece_word, n_words = segment_documents(
+            docs, self._wordpieces, eff, self.prefix, self.suffix)
         hidden = self.model.transformer.config.hidden_size
         L = max(len(r) for r in seg_rows)
         states = torch.zeros((len(seg_rows), L, hidden), device=self.device)
@@ -482,8 +380,8 @@ class RadGraph:
             with autocast(precision, self.device):
                 h = transformer(input_ids=x.to(self.device), attention_mask=m.to(self.device))[0]
             states[torch.as_tensor(idx, device=self.device), :Lb] = h.float()
-        sums = torch.zeros((w_global, hidden), device=self.device)
-        counts = torch.zeros((w_global, 1), device=self.device)
+        sums = torch.zeros((sum(n_words), hidden), device=self.device)
+        counts = torch.zeros((sum(n_words), 1), device=self.device)
         if piece_word:
             pw = torch.tensor(piece_word, device=self.device)
             vec = states[torch.tensor(piece_row, device=self.device), torch.tensor(piece_col, device=self.device)]
@@ -492,12 +390,16 @@ class RadGraph:
         wv = sums / counts.clamp_min(1)
         return list(torch.split(wv, n_words))
 
+    def _embedded(self, docs: list[list[str]], indices, batch_size: int, precision: str):
+        """``(i, word vectors of docs[i])`` for each of ``indices``, embedded ``batch_size`` documents at a time."""
+        for s in range(0, len(indices), max(batch_size, 1)):
+            idx = indices[s:s + batch_size]
+            yield from zip(idx, self._embed_words([docs[i] for i in idx], batch_size, precision))
+
     def _scores(self, words: list[str], wv, with_margin: bool = False):
         """One document: (spans, NER scores (spans, 1 + labels) with the null column first, indices of
         the spans kept by the pruner (ascending), relation scores (kept, kept, 1 + labels)); with
-        ``with_margin`` also the smallest decision margin (see the module docstring)."""
-        import torch
-
+        ``with_margin`` also the smallest decision margin (see the module docstring) and the mention scores."""
         L = len(words)
         W = self.max_span_width
         spans = [(s, e) for s in range(L) for e in range(s, min(s + W, L))]
@@ -519,38 +421,11 @@ class RadGraph:
         rel = torch.cat([rel.new_zeros((kk, kk, 1)), rel], dim=-1)
         if not with_margin:
             return spans, ner, top.tolist(), rel
-
-        margin = float(top2_margin(ner).min())
-        if kk:
-            margin = min(margin, float(top2_margin(rel).min()))
-        if k < len(spans):
-            v = torch.topk(mention, k + 1).values
-            margin = min(margin, float(v[k - 1] - v[k]))
-        return spans, ner, top.tolist(), rel, margin, mention
+        return spans, ner, top.tolist(), rel, decision_margin(ner, rel, mention, k, len(spans)), mention
 
     def _decode(self, words: list[str], wv, scores=None) -> dict:
-        spans, ner, top, rel = scores[:4] if scores is not None else self._scores(words, wv)
-        if ner is None:
-            return {"text": " ".join(words), "entities": {}, "data_source": None, "data_split": "inference"}
-        ner_lab = ner.argmax(-1).tolist()
-        rel_lab = (rel.argmax(-1) - 1).cpu().numpy()
-        top_spans = [spans[i] for i in top]
-        ner_list = [spans[i] for i, lab in enumerate(ner_lab) if lab != 0]
-        ner_label = [self.ner_labels[lab] for lab in ner_lab if lab != 0]
-        rels = [(top_spans[i], top_spans[j], self.rel_labels[rel_lab[i, j]])
-                for i, j in zip(*np.nonzero(rel_lab >= 0))]
-        first_entity: dict[tuple, int] = {}
-        for idx, (s, e) in enumerate(ner_list):
-            first_entity.setdefault((s, e), idx + 1)
-        by_subject: dict[tuple, list] = {}
-        for subj, obj, rl in rels:  # relation order as predicted (row-major over kept spans)
-            by_subject.setdefault(subj, []).append((obj, rl))
-        entities = {}
-        for idx, ((s, e), lab) in enumerate(zip(ner_list, ner_label)):
-            rel_out = [[rl, str(first_entity[obj])] for obj, rl in by_subject.get((s, e), ()) if obj in first_entity]
-            entities[str(idx + 1)] = {"tokens": " ".join(words[s:e + 1]), "label": lab, "start_ix": s,
-                                      "end_ix": e, "relations": rel_out}
-        return {"text": " ".join(words), "entities": entities, "data_source": None, "data_split": "inference"}
+        scores = scores if scores is not None else self._scores(words, wv)
+        return decode_annotation(words, scores, self.ner_labels, self.rel_labels)
 
     def annotate(self, texts: Sequence[str], batch_size: int = 16, precision: str = "fp32",
                  margin: float = DEFAULT_MARGIN, max_relabel: float = DEFAULT_MAX_RELABEL) -> list[dict]:
@@ -560,9 +435,6 @@ class RadGraph:
         whose smallest decision margin is below ``margin`` is annotated again in fp32 (module docstring),
         so the annotations equal the fp32 ones. More than ``max_relabel`` of the reports redone: a warning
         (bf16 buys little for this model) and ``last_run["over_cap"]``."""
-        import torch
-
-
         prec = resolve_precision(precision, self.device)
         uniq = list(dict.fromkeys(texts))
         docs = [preprocess_report(t if t else "None", self.model_type) for t in uniq]
@@ -570,53 +442,27 @@ class RadGraph:
         redo: list[int] = []
         pending: dict[int, tuple] = {}  # bf16 scores of each report, decided once the threshold is known
         order = np.argsort([len(d) for d in docs], kind="stable")
-        calib: list[int] = []
-        if prec != "fp32" and uniq:
-            from .chexbert import CALIBRATION_MIN, CALIBRATION_SHARE
-
-            k = min(len(uniq), max(CALIBRATION_MIN, int(np.ceil(CALIBRATION_SHARE * len(uniq)))))
-            calib = sorted({int(order[j]) for j in np.linspace(0, len(uniq) - 1, k).round().astype(int)})
+        calib = _calibration_sample(order, len(uniq)) if prec != "fp32" and uniq else []
         with torch.inference_mode():
-            for s in range(0, len(order), max(batch_size, 1)):
-                idx = order[s:s + batch_size]
-                vecs = self._embed_words([docs[i] for i in idx], batch_size, prec)
-                for i, wv in zip(idx, vecs):
-                    if prec == "fp32":
-                        out[uniq[i]] = self._decode(docs[i], wv)
-                    else:
-                        pending[int(i)] = (wv, self._scores(docs[i], wv, with_margin=True))
+            for i, wv in self._embedded(docs, order, batch_size, prec):
+                if prec == "fp32":
+                    out[uniq[i]] = self._decode(docs[i], wv)
+                else:
+                    pending[int(i)] = (wv, self._scores(docs[i], wv, with_margin=True))
             dev = 0.0
-            for s in range(0, len(calib), max(batch_size, 1)):
-                idx = calib[s:s + batch_size]
-                for i, wv in zip(idx, self._embed_words([docs[i] for i in idx], batch_size, "fp32")):
-                    ref = self._scores(docs[i], wv, with_margin=True)
-                    low = pending.pop(i)[1]
-                    if ref[1] is not None:
-                        dev = max(dev, float((ref[1] - low[1]).abs().max()), float((ref[5] - low[5]).abs().max()))
-                        if ref[2] == low[2] and ref[3].numel():
-                            dev = max(dev, float((ref[3] - low[3]).abs().max()))
-                    out[uniq[i]] = self._decode(docs[i], wv, ref)
+            for i, wv in self._embedded(docs, calib, batch_size, "fp32"):
+                ref = self._scores(docs[i], wv, with_margin=True)
+                dev = _score_deviation(dev, ref, pending.pop(i)[1])
+                out[uniq[i]] = self._decode(docs[i], wv, ref)
             thr = max(float(margin), 4.0 * dev)
             for i, (wv, sc) in pending.items():
                 if sc[4] < thr:
                     redo.append(i)
                 else:
                     out[uniq[i]] = self._decode(docs[i], wv, sc)
-            for s in range(0, len(redo), max(batch_size, 1)):
-                idx = redo[s:s + batch_size]
-                for i, wv in zip(idx, self._embed_words([docs[i] for i in idx], batch_size, "fp32")):
-                    out[uniq[i]] = self._decode(docs[i], wv)
-        frac = len(redo) / len(uniq) if uniq else 0.0
-        self.last_run = {"precision": prec, "requested": precision, "reports": len(uniq),
-                         "calibration_fp32": len(calib), "max_abs_score_diff": dev if calib else None,
-                         "threshold": thr if calib else None, "relabelled_fp32": len(redo), "relabel_fraction": frac,
-                         "margin": float(margin), "max_relabel": float(max_relabel),
-                         "over_cap": prec != "fp32" and frac > max_relabel}
+            for i, wv in self._embedded(docs, redo, batch_size, "fp32"):
+                out[uniq[i]] = self._decode(docs[i], wv)
+        self.last_run = _run_record(prec, precision, len(uniq), len(calib), dev, thr, len(redo), margin, max_relabel)
         if self.last_run["over_cap"]:
-            import warnings
-
-            warnings.warn(f"RadGraph {prec}: {len(redo)} of {len(uniq)} reports ({100 * frac:.0f}%, cap "
-                          f"{100 * max_relabel:.0f}%) had a decision margin below {thr:.3g} and were annotated again "
-                          "in fp32: the annotations are exact but bf16 is little or no faster for this model",
-                          stacklevel=2)
+            _warn_over_cap(self.last_run, thr)
         return [out[t] for t in texts]
