@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mxr0.eval.vision import fairness
+from mxr0.eval.vision.bootstrap import mean_ci
 from mxr0.eval.vision.convergence import compare, run_curve, speedup, steps_to_target
 from mxr0.eval.vision.knn import knn_classify, retrieval_metrics
 from mxr0.eval.vision.probe import (
@@ -32,18 +33,54 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ---------------------------------------------------------------------------------------------
 
 
-def test_auroc_matches_sklearn_with_ties_and_masks():
-    from sklearn.metrics import roc_auc_score
+def _mann_whitney_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC straight from its definition: P(score of a positive > score of a negative), ties count one half."""
+    pos, neg = s[y > 0.5][:, None], s[y <= 0.5][None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
 
+
+def test_auroc_is_the_mann_whitney_statistic_with_ties_and_masks():
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, (200, 3)).astype(np.float32)
-    s = np.round(rng.normal(size=(200, 3)) + y, 1)  # rounding creates ties
-    m = (rng.random((200, 3)) > 0.2).astype(np.float32)
-    got = auroc_columns(s, y, m)
-    for j in range(3):
-        keep = m[:, j] > 0
-        assert got[j] == pytest.approx(roc_auc_score(y[keep, j], s[keep, j]), abs=1e-12)
+    for trial in range(20):
+        n, c = int(rng.integers(5, 250)), 3
+        y = (rng.random((n, c)) < rng.uniform(0.1, 0.9)).astype(np.float32)
+        s = np.round(rng.normal(size=(n, c)) + y, trial % 3)  # rounding creates ties
+        m = (rng.random((n, c)) > 0.2).astype(np.float32)
+        got = auroc_columns(s, y, m)
+        for j in range(c):
+            keep = m[:, j] > 0
+            if 0 < y[keep, j].sum() < keep.sum():
+                assert got[j] == pytest.approx(_mann_whitney_auroc(y[keep, j], s[keep, j]), abs=1e-12)
+            else:
+                assert np.isnan(got[j])
     assert np.isnan(auroc(np.ones(5), np.arange(5)))
+
+
+def test_bootstrap_intervals_match_a_direct_percentile_bootstrap():
+    rng = np.random.default_rng(3)
+    y = (rng.random((150, 4)) < 0.3).astype(np.float32)
+    s = rng.normal(size=(150, 4)) + y
+    m = np.ones_like(y)
+    lo, hi = bootstrap_mean_auroc(s, y, m, n_bootstrap=300, seed=0)
+    assert (lo, hi) == bootstrap_mean_auroc(s, y, m, n_bootstrap=300, seed=0)  # seeded
+    direct_rng = np.random.default_rng(1)
+    direct = [float(np.nanmean(auroc_columns(s[i], y[i], m[i])))
+              for i in direct_rng.integers(0, 150, (300, 150))]
+    assert lo == pytest.approx(np.quantile(direct, 0.025), abs=0.02)
+    assert hi == pytest.approx(np.quantile(direct, 0.975), abs=0.02)
+    assert lo < float(np.nanmean(auroc_columns(s, y, m))) < hi
+    # per-study means (kNN accuracy, Dice): the same against the closed-form spread of a mean
+    v = rng.random(400)
+    lo2, hi2 = mean_ci(v, 1000, seed=0)
+    half = 1.96 * v.std() / np.sqrt(len(v))
+    assert lo2 == pytest.approx(v.mean() - half, abs=0.01) and hi2 == pytest.approx(v.mean() + half, abs=0.01)
+    assert mean_ci(v, 0) == (None, None) and mean_ci(v[:1], 100) == (None, None)
+    # resamples where no label has both classes are left out, not turned into a nan interval
+    y1 = np.zeros((6, 1), np.float32)
+    y1[0] = 1
+    lo3, hi3 = bootstrap_mean_auroc(np.arange(6.0)[:, None], y1, np.ones_like(y1), n_bootstrap=200)
+    assert np.isfinite(lo3) and np.isfinite(hi3)
+    assert np.isnan(bootstrap_mean_auroc(s, y, m, n_bootstrap=0)[0])
 
 
 def _synthetic(n: int, seed: int, d: int = 16):
@@ -271,6 +308,12 @@ def test_cli_runs_the_whole_suite_and_reuses_cached_features(phantom_small, tmp_
     # a second run (another sweep) reads every feature from the cache
     assert cli.run(parser.parse_args(argv[:-3] + ["--lrs", "0.03"])) == 0
     assert len(calls) == first
+    assert e["precision"] == "fp32"
+    # --precision bf16: new features (the precision is part of the cache key), and the result says what ran
+    assert cli.run(parser.parse_args(argv + ["--precision", "bf16", "--tasks", "probe"])) == 0
+    assert len(calls) > first
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {v["precision"] for v in res["encoders"].values()} == {"bf16"}
 
 
 def test_subgroups_are_listed_in_a_readable_order():

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--cache-dir", default=None, help="feature cache folder")
     p.add_argument("--device", default=None)
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "auto"],
+                   help="feature extraction: fp32 (default), bf16 autocast, or auto (bf16 where the device is fast in it)")
     p.add_argument("--seed", type=int, default=d.seed)
     return p
 
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         age_bands=list(args.age_bands), n_bootstrap=args.n_bootstrap, target_auroc=args.target_auroc,
         train_split=args.splits[0], select_split=args.splits[1], test_split=args.splits[2],
         batch_size=args.batch_size, cache_dir=args.cache_dir, seed=args.seed, device=args.device,
+        precision=args.precision,
     )
     runs = dict(_named(r) for r in args.run) or None
 

@@ -9,8 +9,9 @@ bootstrap interval over test studies. The whole sweep trains at once as one batc
 as one probe and needs the features only once. Validation AUROC is recorded every ``eval_every``
 steps: the curve feeds `mxr0.eval.vision.convergence`.
 
-AUROC is the Mann-Whitney statistic with tie-averaged ranks, computed per label on the entries the
-label policy keeps (``label_mask``); a label needs both classes among them to be scored.
+AUROC is ``sklearn.metrics.roc_auc_score`` (ties count one half), computed per label on the entries the
+label policy keeps (``label_mask``); a label needs both classes among them to be scored. Intervals:
+`mxr0.eval.vision.bootstrap` (``scipy.stats.bootstrap``, percentile, seeded).
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
+
+from mxr0.eval.vision.bootstrap import study_bootstrap_ci
 
 
 def auroc(targets: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of binary ``targets`` (nan when one class is missing)."""
     y = np.asarray(targets) > 0.5
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    _, inverse, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse.reshape(-1)]  # 1-based, ties averaged
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores)))
 
 
 def auroc_columns(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -41,6 +41,12 @@ def auroc_columns(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> 
         keep = mask[:, j] > 0
         out[j] = auroc(targets[keep, j], scores[keep, j])
     return out
+
+
+def mean_auroc(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over the scoreable labels of `auroc_columns` (nan when none has both classes)."""
+    a = auroc_columns(scores, targets, mask)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
 def trainable_labels(targets: np.ndarray, mask: np.ndarray, min_per_class: int = 2) -> np.ndarray:
@@ -113,11 +119,7 @@ def sweep_linear_probe(x_train: np.ndarray, y_train: np.ndarray, m_train: np.nda
 
     def val_auroc(w_, b_) -> list[float]:
         s = (torch.einsum("nd,kdc->knc", xv, w_) + b_).numpy()
-        out = []
-        for i in range(k):
-            a = auroc_columns(s[i], y_val, m_val)
-            out.append(float(np.nanmean(a)) if np.isfinite(a).any() else float("nan"))
-        return out
+        return [mean_auroc(s[i], y_val, m_val) for i in range(k)]
 
     for step in range(steps):
         if pos + bs > n:
@@ -154,19 +156,10 @@ def sweep_linear_probe(x_train: np.ndarray, y_train: np.ndarray, m_train: np.nda
 
 def bootstrap_mean_auroc(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, n_bootstrap: int = 500,
                          seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of the mean-over-labels AUROC, resampling studies with replacement."""
-    if n_bootstrap <= 0 or len(scores) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_bootstrap):
-        i = rng.integers(0, len(scores), len(scores))
-        a = auroc_columns(scores[i], targets[i], mask[i])
-        if np.isfinite(a).any():
-            vals.append(float(np.nanmean(a)))
-    if not vals:
-        return float("nan"), float("nan")
-    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+    """Percentile interval of the mean-over-labels AUROC, resampling studies with replacement (resamples
+    where no label has both classes are left out)."""
+    return study_bootstrap_ci(lambda i: mean_auroc(scores[i], targets[i], mask[i]), len(scores), n_bootstrap,
+                              seed, alpha)
 
 
 def quick_probe(x_train: np.ndarray, y_train: np.ndarray, m_train: np.ndarray, x_test: np.ndarray,
@@ -185,5 +178,5 @@ def quick_probe(x_train: np.ndarray, y_train: np.ndarray, m_train: np.ndarray, x
     sweep = sweep_linear_probe(x_train, y_train[:, cols], m_train[:, cols], x_test, y_test[:, cols],
                                m_test[:, cols], lrs=(lr,), weight_decays=(weight_decay,), steps=steps,
                                eval_every=steps)
-    a = auroc_columns(sweep.scores(x_test), y_test[:, cols], m_test[:, cols])
-    return float(np.nanmean(a)) if np.isfinite(a).any() else None
+    a = mean_auroc(sweep.scores(x_test), y_test[:, cols], m_test[:, cols])
+    return a if np.isfinite(a) else None

@@ -37,7 +37,8 @@ def to_markdown(res: dict[str, Any], title: str = "Frozen-encoder evaluation") -
     sep = "|---|" + "---|" * len(names)
     n = res.get("n_studies", {})
     lines = [f"## {title}", "", f"Data: `{res['data']}` ({', '.join(f'{k}: {v}' for k, v in n.items())} studies; "
-             f"one image per study). 95% intervals: percentile bootstrap over test studies.", ""]
+             f"one image per study). 95% intervals: percentile bootstrap over test studies. Features computed in "
+             f"{'/'.join(sorted({e.get('precision', 'fp32') for e in enc.values()}))}.", ""]
 
     if any("probe" in e for e in enc.values()):
         first = next(e["probe"] for e in enc.values() if "probe" in e)
