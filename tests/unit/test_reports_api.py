@@ -110,6 +110,16 @@ def test_cli_writes_json_and_markdown(tmp_path, weights):
     assert comp["bleu_4"]["b"] == pytest.approx(1.0) and comp["bleu_4"]["delta"] > 0  # B = the references
     md = (tmp_path / "o.md").read_text()
     assert "| BLEU-4 |" in md and "Paired test" in md and "Conventions:" in md
+    assert out["settings"]["precision"] == "fp32" and set(out["labeller_runs"]) == {"chexbert", "radgraph"}
+    # --precision bf16: the labellers run in bf16 (fp32 relabelling of small margins), the labels stay fp32's
+    rc = main(["--pred", str(pred), "--ref", str(ref), "--out-json", str(tmp_path / "b.json"), "--bootstrap", "0",
+               "--chexbert-weights", str(weights["chexbert"]), "--radgraph-model", str(weights["radgraph"]),
+               "--uncertain", "negative", "--batch-size", "4", "--device", "cpu", "--precision", "bf16"])
+    assert rc == 0
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["labeller_runs"]["chexbert"]["precision"] == "bf16"
+    for k in ("chexbert_f1_14_micro", "chexbert_f1_5_macro", "radgraph_f1_rg_e"):
+        assert b["metrics"][k]["value"] == pytest.approx(out["metrics"][k]["value"])
 
 
 def test_cli_exit_codes_and_skip_missing(tmp_path, no_weights, capsys):

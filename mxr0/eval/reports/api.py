@@ -133,12 +133,12 @@ def _nlg_stats(active: list[str], systems: dict, refs, stats: dict, rouge_stemme
 
 
 def _chexbert_stats(chexbert: CheXbert, systems: dict, refs, stats: dict, uncertain: str, batch_size: int,
-                    timing: dict, say) -> dict:
+                    timing: dict, say, precision: str = "fp32") -> dict:
     """CheXbert F1 of each system into ``stats[system]``; returns the per-label tables."""
     t0 = time.perf_counter()
     per_label = {}
     texts = list(refs) + [t for h in systems.values() for t in h]
-    classes = chexbert.label(texts, batch_size=batch_size)
+    classes = chexbert.label(texts, batch_size=batch_size, precision=precision)
     n = len(refs)
     for j, (k, h) in enumerate(systems.items()):
         st = CheXbertStats(classes[n * (j + 1):n * (j + 2)], classes[:n], uncertain)
@@ -149,11 +149,12 @@ def _chexbert_stats(chexbert: CheXbert, systems: dict, refs, stats: dict, uncert
     return per_label
 
 
-def _radgraph_stats(radgraph: RadGraph, systems: dict, refs, stats: dict, batch_size: int, timing: dict, say) -> None:
+def _radgraph_stats(radgraph: RadGraph, systems: dict, refs, stats: dict, batch_size: int, timing: dict, say,
+                    precision: str = "fp32") -> None:
     """RadGraph F1 of each system into ``stats[system]``."""
     t0 = time.perf_counter()
     texts = list(refs) + [t for h in systems.values() for t in h]
-    anns = radgraph.annotate([t for t in texts if t], batch_size=max(1, batch_size // 2))
+    anns = radgraph.annotate([t for t in texts if t], batch_size=max(1, batch_size // 2), precision=precision)
     by_text = dict(zip([t for t in texts if t], anns))
     empty = {"text": "", "entities": {}}
     ref_anns = [by_text.get(t, empty) for t in refs]
@@ -168,7 +169,7 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
                      skip_missing: bool = False, compare=None, batch_size: int = 32, device: str | None = None,
                      rouge_stemmer: bool = False, trials: int = 10000, chexbert: CheXbert | None = None,
                      radgraph: RadGraph | None = None, log=None, allow_partial: bool = False,
-                     max_report_chars: int | None = MAX_REPORT_CHARS) -> dict:
+                     max_report_chars: int | None = MAX_REPORT_CHARS, precision: str = "fp32") -> dict:
     """Score predicted reports against references; see the module and package docs.
 
     ``bootstrap``: resamples for the 95% percentile intervals (0 = none). ``compare``: a second
@@ -210,9 +211,9 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
     per_label = {}
     _nlg_stats(active, systems, refs, stats, rouge_stemmer, timing, say)
     if "chexbert" in active:
-        per_label = _chexbert_stats(chexbert, systems, refs, stats, uncertain, batch_size, timing, say)
+        per_label = _chexbert_stats(chexbert, systems, refs, stats, uncertain, batch_size, timing, say, precision)
     if "radgraph" in active:
-        _radgraph_stats(radgraph, systems, refs, stats, batch_size, timing, say)
+        _radgraph_stats(radgraph, systems, refs, stats, batch_size, timing, say, precision)
 
     values_a = {k: v for s in stats["a"].values() for k, v in s.value().items()}
     samples = None
@@ -231,7 +232,10 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
         "not_computed": {"meteor": METEOR_NOTE},
         "conventions": _conventions(active, uncertain, rouge_stemmer, radgraph),
         "settings": {"uncertain": uncertain, "rouge_stemmer": rouge_stemmer, "seed": seed,
-                     "allow_partial": allow_partial, "max_report_chars": pairing.max_chars},
+                     "allow_partial": allow_partial, "max_report_chars": pairing.max_chars, "precision": precision},
+        # what ran: the precision, and how many reports the labellers relabelled in fp32 (bf16 margin rule)
+        "labeller_runs": {name: dict(getattr(m, "last_run", {}) or {}) for name, m in
+                          (("chexbert", chexbert), ("radgraph", radgraph)) if m is not None and name in active},
     }
     if samples is not None:
         result["bootstrap"] = {"n_resamples": int(bootstrap), "seed": seed, **_BOOTSTRAP_NOTES}

@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="rouge_l_f1 with Porter stemming (RadEval's setting; needs nltk)")
     parser.add_argument("--batch-size", type=int, default=32, help="reports per forward pass (default 32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "bf16-weights", "auto"],
+                        help="CheXbert / RadGraph forward precision (default fp32); in bf16 a report whose top-two "
+                             "margin is small is labelled again in fp32, so the labels stay fp32's")
     return parser
 
 
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             skip_missing=args.skip_missing, compare=args.compare, batch_size=args.batch_size, device=args.device,
             rouge_stemmer=args.rouge_stemmer, trials=args.trials, log=log,
             allow_partial=getattr(args, "allow_partial", False),
-            max_report_chars=getattr(args, "max_report_chars", MAX_REPORT_CHARS))
+            max_report_chars=getattr(args, "max_report_chars", MAX_REPORT_CHARS), precision=args.precision)
     except MissingWeightsError as e:
         print(f"mxr0 eval reports: {e}", file=sys.stderr)
         return 2
