@@ -9,19 +9,24 @@ through the same visual projection to give patch–text similarity maps (`patch_
 
 `AlignModel` wraps it for training: its ``forward`` returns a dict of normalised embeddings (so that
 DDP / FSDP see one forward call), and it holds SigLIP's learnable bias, which the Hugging Face class has
-no slot for (exported beside the model in ``mxr0_align.json``).
+no slot for (exported beside the model in ``mxr0_align.json``). `build_align_model` builds it from the align
+task's recipe section, `save_align_export` writes the export.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mxr0.models.encoder import num_prefix_tokens, patch_size
+from mxr0.config import ConfigError
+from mxr0.config.tasks import AlignModelConfig
+from mxr0.models.encoder import load_encoder, new_encoder, num_prefix_tokens, patch_size
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +152,53 @@ def make_text_encoder(dual: nn.Module, tokenizer, max_length: int, batch_size: i
         return torch.cat(out)
 
     return encode
+
+
+def build_align_model(c: AlignModelConfig, tokenizer, max_length: int) -> tuple[AlignModel, int]:
+    """The training model of a recipe section: the vision tower (``vision`` or a new one from ``vision_config``) and
+    the text tower (``text`` or a new BERT from ``text_config`` sized to ``tokenizer``) joined and partly unlocked.
+    Returns it and the text length the towers allow (``max_length`` capped by the text positions)."""
+    try:
+        vision = load_encoder(c.vision) if c.vision else new_encoder(c.image_size, **c.vision_config)
+    except TypeError as e:
+        raise ConfigError(f"model.vision_config: {e}") from e
+    if c.text:
+        from transformers import AutoModel
+
+        text = AutoModel.from_pretrained(c.text)
+    else:
+        from transformers import BertConfig, BertModel
+
+        try:
+            cfg = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             **{"max_position_embeddings": max(max_length, 64), **c.text_config})
+        except TypeError as e:
+            raise ConfigError(f"model.text_config: {e}") from e
+        text = BertModel(cfg)
+    max_pos = getattr(text.config, "max_position_embeddings", None)
+    if max_pos:
+        max_length = min(max_length, int(max_pos))
+    if len(tokenizer) > text.config.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the text tower's vocabulary has "
+                          f"{text.config.vocab_size}; use the tower's own tokenizer (model.tokenizer)")
+    scale = c.logit_scale_init if c.logit_scale_init is not None else default_logit_scale(c.loss)
+    dual = build_dual_encoder(vision, text, c.projection_dim, scale)
+    nv = set_unlocked(dual.vision_model, c.vision_unlocked_layers, ("layernorm",))
+    nt = set_unlocked(dual.text_model, c.text_unlocked_layers, ("pooler",))
+    log.info("trainable: vision tower %.2fM, text tower %.2fM parameters", nv / 1e6, nt / 1e6)
+    return AlignModel(dual, siglip_bias=c.logit_bias_init if c.loss == "siglip" else None), max_length
+
+
+def save_align_export(model: AlignModel, tokenizer, transform, out_dir: Path, settings: dict) -> None:
+    """The dual encoder, tokenizer, image processor (as a ``VisionTextDualEncoderProcessor``) and
+    ``mxr0_align.json``, all loadable without mxr0."""
+    from transformers import VisionTextDualEncoderProcessor
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.dual.save_pretrained(out_dir, safe_serialization=True)
+    processor = VisionTextDualEncoderProcessor(image_processor=transform.to_image_processor(), tokenizer=tokenizer)
+    processor.save_pretrained(out_dir)
+    transform.save_pretrained(out_dir, keep_existing=True)  # our exact transform, also for AutoImageProcessor
+    bias = model.logit_bias
+    settings = {**settings, "logit_bias": None if bias is None else float(bias.detach())}
+    (out_dir / "mxr0_align.json").write_text(json.dumps(settings, indent=2))

@@ -1,18 +1,29 @@
 """XR-0's self-supervised meta-architecture (DINOv2 style, apart from the loop): a student backbone with DINO
 and iBOT heads, an EMA teacher of the same shape, and the forward pass that turns multi-crop views and iBOT
-masks into the named DINO, iBOT and KoLeo losses."""
+masks into the named DINO, iBOT and KoLeo losses; its build from a recipe section (continued pretraining loads
+the heads saved beside an export) and its export (the teacher backbone with the heads and loss centres beside it)."""
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from mxr0.config import ConfigError
 from mxr0.config.tasks import SSLModelConfig
 from mxr0.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from mxr0.models.dino_head import DINOHead
-from mxr0.models.encoder import num_prefix_tokens
+from mxr0.models.encoder import load_encoder, new_encoder, num_prefix_tokens
+
+log = logging.getLogger(__name__)
+
+HEADS_FILE = "ssl_heads.safetensors"
+HEADS_META = "ssl_heads.json"
 
 
 class SSLMetaArch(nn.Module):
@@ -142,3 +153,83 @@ class SSLMetaArch(nn.Module):
             loss = loss + cfg.ibot_loss_weight * ibot
         losses["loss"] = loss
         return losses
+
+
+def build_ssl_model(c: SSLModelConfig) -> SSLMetaArch:
+    """The meta-architecture of a recipe section: the backbone loaded from ``encoder`` (with the heads and loss
+    centres saved beside it when ``load_heads``) or new from ``encoder_config``; the teacher a copy of the student."""
+    if c.encoder:
+        try:
+            backbone = load_encoder(c.encoder, c.num_register_tokens, drop_path_rate=c.drop_path_rate)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"model.encoder={c.encoder!r}: {e}") from e
+    else:
+        kwargs = dict(c.encoder_config)
+        kwargs["drop_path_rate"] = c.drop_path_rate
+        if c.num_register_tokens is not None:
+            kwargs["num_register_tokens"] = c.num_register_tokens
+        kwargs.setdefault("num_register_tokens", 4)
+        try:
+            backbone = new_encoder(image_size=c.global_crop_size, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.encoder_config: {e}") from e
+    model = SSLMetaArch(backbone, c)
+    if c.encoder and c.load_heads:
+        load_heads(model, Path(c.encoder))
+    model.sync_teacher()
+    return model
+
+
+def load_heads(model: SSLMetaArch, folder: Path) -> None:
+    """The student heads and loss centres from ``folder/ssl_heads.safetensors`` (`export_ssl`), when it is there and
+    its shapes match this model's heads; else the heads stay fresh (logged)."""
+    from safetensors.torch import load_file
+
+    f = folder / HEADS_FILE
+    if not f.is_file():
+        log.info("no %s in %s: the DINO / iBOT heads start fresh", HEADS_FILE, folder)
+        return
+    state = load_file(str(f))
+    heads = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    own = {k: v for k, v in model.student.state_dict().items() if not k.startswith("backbone.")}
+    if {k: tuple(v.shape) for k, v in heads.items()} != {k: tuple(v.shape) for k, v in own.items()}:
+        log.warning("%s does not match this recipe's heads (prototypes, widths or iBOT head differ): "
+                    "the heads start fresh", f)
+        return
+    model.student.load_state_dict(heads, strict=False)
+    for name, loss in (("dino", model.dino_loss), ("ibot", model.ibot_loss)):
+        c = state.get(f"loss.{name}_center")
+        if c is not None and c.shape == loss.center.shape:
+            loss.center.copy_(c)
+    log.info("continued pretraining: heads and centres loaded from %s", f)
+
+
+def export_ssl(model: SSLMetaArch, transform, out_dir: Path) -> Path:
+    """Write the teacher backbone as an HF folder, its processor config, and the heads beside it."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher = model.teacher["backbone"]
+    teacher.save_pretrained(out_dir, safe_serialization=True)
+    transform.save_pretrained(out_dir)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.teacher.state_dict().items()
+             if not k.startswith("backbone.")}
+    state["loss.dino_center"] = model.dino_loss.center.detach().cpu().contiguous()
+    state["loss.ibot_center"] = model.ibot_loss.center.detach().cpu().contiguous()
+    save_file(state, str(out_dir / HEADS_FILE))
+    c = model.cfg
+    meta: dict[str, Any] = {
+        "what": "teacher DINO / iBOT heads and loss centres of an mxr0 XR-0 pretraining run; set "
+                "model.encoder to this folder to continue pretraining with them",
+        "dino": {"n_prototypes": c.dino_n_prototypes, "hidden_dim": c.dino_hidden_dim,
+                 "bottleneck_dim": c.dino_bottleneck_dim, "nlayers": c.dino_nlayers},
+        "ibot_separate_head": model.separate_ibot,
+        "centering": c.centering,
+        "step": int(model.step),
+    }
+    if model.separate_ibot:
+        meta["ibot"] = {"n_prototypes": c.ibot_n_prototypes, "hidden_dim": c.ibot_hidden_dim,
+                        "bottleneck_dim": c.ibot_bottleneck_dim, "nlayers": c.ibot_nlayers}
+    (out_dir / HEADS_META).write_text(json.dumps(meta, indent=2))
+    return out_dir

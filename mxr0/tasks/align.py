@@ -11,11 +11,13 @@ Text augmentation: sentences of the chosen sections are sub-sampled and shuffled
 with ``texts_per_image > 1`` each image gets that many single-sentence positives (multi-positive
 InfoNCE). The export is a Hugging Face folder (model, tokenizer, image-processor config) plus
 ``mxr0_align.json`` (loss, SigLIP bias, text settings, prompts); `mxr0 eval align` evaluates it.
+
+The pieces live below: the model, its build and export in `mxr0.models.dual_encoder`, the data in
+`mxr0.data.align_dataset`, the tokenizer in `mxr0.data.task_tokenizers`, the metrics in `mxr0.eval.align`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -25,22 +27,17 @@ from torch import nn
 
 from mxr0.config import ConfigError
 from mxr0.config.tasks import AlignModelConfig
-from mxr0.data.align_dataset import AlignDataset, TextCollator  # noqa: F401 (moved; re-exported)
+from mxr0.data.align_dataset import AlignDataset, TextCollator
 from mxr0.data.loading import load_split
 from mxr0.data.prompts import merged_prompts
-from mxr0.data.text import REPORT_SECTIONS, cached_tokenizer, report_text, text_fingerprint, train_wordpiece_tokenizer
+from mxr0.data.task_tokenizers import align_tokenizer
+from mxr0.data.text import REPORT_SECTIONS
 from mxr0.data.transforms import ImageTransform
 from mxr0.eval.align import alignment_metrics
 from mxr0.losses.contrastive import ContrastiveLoss
-from mxr0.models.dual_encoder import (
-    AlignModel,
-    build_dual_encoder,
-    default_logit_scale,
-    make_text_encoder,  # noqa: F401 (moved; re-exported)
-    set_unlocked,
-)
-from mxr0.models.encoder import load_encoder, new_encoder
+from mxr0.models.dual_encoder import build_align_model, make_text_encoder, save_align_export
 from mxr0.tasks.base import CardInfo, Task
+from mxr0.tasks.cards import align_card
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +49,6 @@ class AlignTask(Task):
 
     def __init__(self, recipe):
         super().__init__(recipe)
-
         c = self.cfg
         bad = [s for s in c.text_sections if s not in REPORT_SECTIONS]
         if bad or not c.text_sections:
@@ -71,44 +67,26 @@ class AlignTask(Task):
         self._transform = None
         self.tokenizer = None
         self.max_length = c.max_text_length
-
         self.loss = ContrastiveLoss(c.loss, local_loss=c.local_loss, gather_with_grad=c.gather_with_grad,
                                     token_temperature=c.patch_temperature)
         self.eval_ds: AlignDataset | None = None
 
     @property
     def transform(self):
-
         if self._transform is None:
             c = self.cfg
             self._transform = ImageTransform.for_encoder(c.vision, c.image_size, c.image_mean, c.image_std)
         return self._transform
 
     # --- build ---------------------------------------------------------------------------------
-    def _build_tokenizer(self, train_records: list[dict]):
-
-        c = self.cfg
-        if c.tokenizer or c.text:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(c.tokenizer or c.text)
-        else:
-            texts = [t for t in (report_text(r, c.text_sections) for r in train_records) if t]
-            # trained once per run folder and shared by every rank (and a resumed run): see cached_tokenizer
-            tok = cached_tokenizer(Path(self.recipe.train.output_dir) / "tokenizer",
-                                   text_fingerprint(texts, c.tokenizer_vocab_size, c.max_text_length),
-                                   lambda: train_wordpiece_tokenizer(texts, c.tokenizer_vocab_size, c.max_text_length))
-            log.info("trained a WordPiece tokenizer of %d tokens on %d training reports", len(tok), len(texts))
-        limit = getattr(tok, "model_max_length", None)
-        if limit and limit < 1_000_000:
-            self.max_length = min(self.max_length, int(limit))
-        return tok
-
     def build_datasets(self):
         d, c = self.recipe.data, self.cfg
         train_recs = load_split(d, d.train_split, d.max_train_studies)
         eval_recs = load_split(d, d.eval_split, d.max_eval_studies)
-        self.tokenizer = self._build_tokenizer(train_recs)
+        self.tokenizer = align_tokenizer(c, train_recs, Path(self.recipe.train.output_dir) / "tokenizer")
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if limit and limit < 1_000_000:
+            self.max_length = min(self.max_length, int(limit))
         train = AlignDataset(train_recs, self.transform, c.text_sections, d.views, train=True, augment=c.augment,
                              sentence_keep=c.sentence_keep, shuffle=c.shuffle_sentences, texts_per_image=c.texts_per_image,
                              seed=self.recipe.train.seed)
@@ -117,40 +95,11 @@ class AlignTask(Task):
         return train, self.eval_ds
 
     def build_model(self) -> nn.Module:
-
-        c = self.cfg
         if self.tokenizer is None:
             raise RuntimeError("build_datasets must run before build_model (the tokenizer sizes the text tower)")
-        try:
-            vision = load_encoder(c.vision) if c.vision else new_encoder(c.image_size, **c.vision_config)
-        except TypeError as e:
-            raise ConfigError(f"model.vision_config: {e}") from e
-        if c.text:
-            from transformers import AutoModel
-
-            text = AutoModel.from_pretrained(c.text)
-        else:
-            from transformers import BertConfig, BertModel
-
-            try:
-                cfg = BertConfig(vocab_size=len(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
-                                 **{"max_position_embeddings": max(self.max_length, 64), **c.text_config})
-            except TypeError as e:
-                raise ConfigError(f"model.text_config: {e}") from e
-            text = BertModel(cfg)
-        max_pos = getattr(text.config, "max_position_embeddings", None)
-        if max_pos:
-            self.max_length = min(self.max_length, int(max_pos))
-            self.collate = TextCollator(self.tokenizer, self.max_length)
-        if len(self.tokenizer) > text.config.vocab_size:
-            raise ConfigError(f"the tokenizer has {len(self.tokenizer)} tokens but the text tower's vocabulary has "
-                              f"{text.config.vocab_size}; use the tower's own tokenizer (model.tokenizer)")
-        scale = c.logit_scale_init if c.logit_scale_init is not None else default_logit_scale(c.loss)
-        dual = build_dual_encoder(vision, text, c.projection_dim, scale)
-        nv = set_unlocked(dual.vision_model, c.vision_unlocked_layers, ("layernorm",))
-        nt = set_unlocked(dual.text_model, c.text_unlocked_layers, ("pooler",))
-        log.info("trainable: vision tower %.2fM, text tower %.2fM parameters", nv / 1e6, nt / 1e6)
-        return AlignModel(dual, siglip_bias=c.logit_bias_init if c.loss == "siglip" else None)
+        model, self.max_length = build_align_model(self.cfg, self.tokenizer, self.max_length)
+        self.collate = TextCollator(self.tokenizer, self.max_length)
+        return model
 
     # --- train ---------------------------------------------------------------------------------
     def training_step(self, model, batch):
@@ -168,7 +117,6 @@ class AlignTask(Task):
 
     # --- evaluate ------------------------------------------------------------------------------
     def evaluate(self, model, loader, accelerator):
-
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "text", "patch", "index", "hw")}
         for batch in loader:
             out = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
@@ -200,38 +148,4 @@ class AlignTask(Task):
 
     @classmethod
     def card_info(cls, repo: str, export: Path) -> CardInfo:
-        return CardInfo("zero-shot-image-classification",
-                        "a contrastive image–report dual encoder (retrieval, zero-shot classification)", f'''```python
-import torch
-from PIL import Image
-from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
-
-repo = "{repo}"
-model = VisionTextDualEncoderModel.from_pretrained(repo).eval()
-processor = VisionTextDualEncoderProcessor.from_pretrained(repo)
-
-image = Image.open("chest_xray.png").convert("RGB")
-texts = ["No pleural effusion.", "Large right pleural effusion."]
-inputs = processor(text=texts, images=image, return_tensors="pt", padding=True)
-with torch.no_grad():
-    out = model(**inputs)
-print(out.logits_per_image.softmax(dim=-1))  # zero-shot: which text fits the image best
-```
-
-`mxr0_align.json` holds the training loss, the report sections used as text, the zero-shot prompts
-and the logit bias (sigmoid loss).''')
-
-
-def save_align_export(model: nn.Module, tokenizer, transform, out_dir: Path, settings: dict) -> None:
-    """The dual encoder, tokenizer, image processor (as a ``VisionTextDualEncoderProcessor``) and
-    ``mxr0_align.json``, all loadable without mxr0."""
-    from transformers import VisionTextDualEncoderProcessor
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.dual.save_pretrained(out_dir, safe_serialization=True)
-    processor = VisionTextDualEncoderProcessor(image_processor=transform.to_image_processor(), tokenizer=tokenizer)
-    processor.save_pretrained(out_dir)
-    transform.save_pretrained(out_dir, keep_existing=True)  # our exact transform, also for AutoImageProcessor
-    bias = model.logit_bias
-    settings = {**settings, "logit_bias": None if bias is None else float(bias.detach())}
-    (out_dir / "mxr0_align.json").write_text(json.dumps(settings, indent=2))
+        return align_card(repo)

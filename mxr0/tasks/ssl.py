@@ -26,15 +26,15 @@ embeddings); the prototype layer of each student head is frozen for the first
 Export: the teacher backbone as a Hugging Face folder (``AutoModel`` + ``AutoImageProcessor``, no
 remote code) with ``ssl_heads.safetensors`` (teacher heads and loss centres) and
 ``ssl_heads.json`` beside it, so that ``model.encoder=<export>`` continues pretraining with the heads.
+
+The pieces live below: the model, its build and export in `mxr0.models.ssl_meta_arch`, the multi-crop data in
+`mxr0.data.ssl_dataset` / `mxr0.data.multicrop`, the evaluation in `mxr0.eval.ssl_monitor`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,47 +43,18 @@ from torch import nn
 from mxr0.config import ConfigError
 from mxr0.config.tasks import SSLModelConfig
 from mxr0.data.loading import load_split
-from mxr0.data.multicrop import BlockMasking, MultiCrop, MultiCropDataset, collate_multicrop
+from mxr0.data.multicrop import MultiCropDataset, collate_multicrop
+from mxr0.data.ssl_dataset import image_paths, multicrop_views
 from mxr0.data.transforms import ImageTransform
-from mxr0.eval.vision.features import StudyImages, collate_study_images, encode_loader
-from mxr0.eval.vision.knn import knn_classify
-from mxr0.eval.vision.probe import quick_probe
-from mxr0.models.encoder import encoder_config, load_encoder, new_encoder
-from mxr0.models.ssl_meta_arch import SSLMetaArch
+from mxr0.eval.ssl_monitor import ssl_metrics
+from mxr0.eval.vision.features import StudyImages, collate_study_images
+from mxr0.models.encoder import encoder_config
+from mxr0.models.ssl_meta_arch import SSLMetaArch, build_ssl_model, export_ssl
 from mxr0.optim import layerwise_param_groups, momentum_schedule, teacher_temp_schedule
 from mxr0.tasks.base import CardInfo, Task
+from mxr0.tasks.cards import ssl_card
 
 log = logging.getLogger(__name__)
-
-HEADS_FILE = "ssl_heads.safetensors"
-HEADS_META = "ssl_heads.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# The student / teacher model
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameter groups (layer-wise decay), schedules
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# The task
-# ---------------------------------------------------------------------------------------------
-
-
-def _image_paths(records: list[dict], views: list[str] | None, all_images: bool) -> list[str]:
-    paths = []
-    for r in records:
-        for im in r["images"]:
-            if im.get("role", "current") != "current" or (views is not None and im["view"] not in views):
-                continue
-            paths.append(im["path"])
-            if not all_images:
-                break
-    return paths
 
 
 class SSLTask(Task):
@@ -117,7 +88,6 @@ class SSLTask(Task):
     @property
     def transform(self):
         """The evaluation / export transform: resize and centre-crop to ``global_crop_size``."""
-
         if self._transform is None:
             c = self.cfg
             if c.encoder:
@@ -131,7 +101,6 @@ class SSLTask(Task):
     def _patch_size(self) -> int:
         if self._patch is None:
             if self.cfg.encoder:
-
                 p = encoder_config(self.cfg.encoder).patch_size  # any stage's export (see load_encoder)
             else:
                 p = self.cfg.encoder_config.get("patch_size", 16)
@@ -140,24 +109,12 @@ class SSLTask(Task):
 
     # --- build --------------------------------------------------------------------------------
     def build_datasets(self):
-
         c, d = self.cfg, self.recipe.data
         p = self._patch_size()
-        for name in ("global_crop_size", "local_crop_size"):
-            if getattr(c, name) % p:
-                raise ConfigError(f"model.{name}={getattr(c, name)} is not a multiple of the patch size {p}")
         t = self.transform
-        multicrop = MultiCrop(
-            global_size=c.global_crop_size, local_size=c.local_crop_size, n_global=2, n_local=c.n_local_crops,
-            global_scale=tuple(c.global_crop_scale), local_scale=tuple(c.local_crop_scale), flip_prob=c.flip_prob,
-            intensity_prob=c.intensity_prob, brightness=c.brightness, contrast=c.contrast, gamma=tuple(c.gamma),
-            blur_prob=tuple(c.blur_prob), solarize_prob=tuple(c.solarize_prob), noise_prob=c.noise_prob,
-            noise_std=c.noise_std, mean=t.mean, std=t.std, channels=3,
-        )
-        grid = c.global_crop_size // p
-        masking = BlockMasking(grid) if c.ibot_loss_weight > 0 else None
+        multicrop, masking = multicrop_views(c, p, t.mean, t.std)
         train_recs = load_split(d, d.train_split, d.max_train_studies)
-        paths = _image_paths(train_recs, d.views, c.all_images)
+        paths = image_paths(train_recs, d.views, c.all_images)
         if not paths:
             raise ConfigError(f"no training images of the views {d.views} in {d.path}")
         train = MultiCropDataset(paths, multicrop, masking, c.mask_probability, tuple(c.mask_ratio),
@@ -170,55 +127,12 @@ class SSLTask(Task):
         return train, evald
 
     def collate(self, items):
-
         if "global_crops" in items[0]:
             return collate_multicrop(items)
         return collate_study_images(items)
 
     def build_model(self) -> nn.Module:
-
-        c = self.cfg
-        if c.encoder:
-            try:
-                backbone = load_encoder(c.encoder, c.num_register_tokens, drop_path_rate=c.drop_path_rate)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"model.encoder={c.encoder!r}: {e}") from e
-        else:
-            kwargs = dict(c.encoder_config)
-            kwargs["drop_path_rate"] = c.drop_path_rate
-            if c.num_register_tokens is not None:
-                kwargs["num_register_tokens"] = c.num_register_tokens
-            kwargs.setdefault("num_register_tokens", 4)
-            try:
-                backbone = new_encoder(image_size=c.global_crop_size, **kwargs)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"model.encoder_config: {e}") from e
-        model = SSLMetaArch(backbone, c)
-        if c.encoder and c.load_heads:
-            self._load_heads(model, Path(c.encoder))
-        model.sync_teacher()
-        return model
-
-    def _load_heads(self, model: SSLMetaArch, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        f = folder / HEADS_FILE
-        if not f.is_file():
-            log.info("no %s in %s: the DINO / iBOT heads start fresh", HEADS_FILE, folder)
-            return
-        state = load_file(str(f))
-        heads = {k: v for k, v in state.items() if not k.startswith("loss.")}
-        own = {k: v for k, v in model.student.state_dict().items() if not k.startswith("backbone.")}
-        if {k: tuple(v.shape) for k, v in heads.items()} != {k: tuple(v.shape) for k, v in own.items()}:
-            log.warning("%s does not match this recipe's heads (prototypes, widths or iBOT head differ): "
-                        "the heads start fresh", f)
-            return
-        model.student.load_state_dict(heads, strict=False)
-        for name, loss in (("dino", model.dino_loss), ("ibot", model.ibot_loss)):
-            c = state.get(f"loss.{name}_center")
-            if c is not None and c.shape == loss.center.shape:
-                loss.center.copy_(c)
-        log.info("continued pretraining: heads and centres loaded from %s", f)
+        return build_ssl_model(self.cfg)
 
     def param_groups(self, model: SSLMetaArch) -> list[dict]:
         c = self.cfg
@@ -268,33 +182,12 @@ class SSLTask(Task):
 
     # --- evaluate -----------------------------------------------------------------------------
     def evaluate(self, model, loader, accelerator) -> dict[str, float]:
-        """Frozen-teacher quality on the evaluation split: kNN anatomy accuracy against a gallery of
-        training studies, linear-probe mean AUROC on chest findings, and a collapse indicator."""
-
-        m = self._unwrap(model)
-        backbone = m.teacher["backbone"]
-        q = encode_loader(backbone, loader, accelerator=accelerator)
+        """Frozen-teacher quality on the evaluation split (`mxr0.eval.ssl_monitor.ssl_metrics`)."""
         if self._gallery is None:
             self._gallery = StudyImages(self._gallery_records, self.transform, views=self.recipe.data.views)
-        gl = torch.utils.data.DataLoader(self._gallery, batch_size=self.recipe.train.batch_size,
-                                         collate_fn=self.collate)
-        g = encode_loader(backbone, gl, device=accelerator.device)
-        out: dict[str, float] = {}
-        anat = sorted(set(g["anatomy"]) | set(q["anatomy"]))
-        gy = np.array([anat.index(a) for a in g["anatomy"]])
-        qy = np.array([anat.index(a) for a in q["anatomy"]])
-        if len(set(gy)) > 1:
-            pred, _ = knn_classify(g["cls"], gy, q["cls"], k=self.cfg.eval_knn_k, n_classes=len(anat))
-            out["knn_anatomy_acc"] = float((pred == qy).mean())
-        feats_g = np.concatenate([g["cls"], g["mean_patch"]], 1)
-        feats_q = np.concatenate([q["cls"], q["mean_patch"]], 1)
-        probe = quick_probe(feats_g, g["labels"], g["label_mask"], feats_q, q["labels"], q["label_mask"],
-                            chest=(np.array(g["anatomy"]) == "chest", np.array(q["anatomy"]) == "chest"))
-        if probe is not None:
-            out["probe_mean_auroc"] = probe
-        z = q["cls"] / np.linalg.norm(q["cls"], axis=1, keepdims=True).clip(1e-12)
-        out["feature_std"] = float(z.std(axis=0).mean() * math.sqrt(z.shape[1]))
-        return out
+        gallery = torch.utils.data.DataLoader(self._gallery, batch_size=self.recipe.train.batch_size,
+                                              collate_fn=self.collate)
+        return ssl_metrics(self._unwrap(model).teacher["backbone"], loader, gallery, accelerator, self.cfg.eval_knn_k)
 
     # --- export -------------------------------------------------------------------------------
     def export(self, model, out_dir: Path, accelerator) -> None:
@@ -304,54 +197,4 @@ class SSLTask(Task):
 
     @classmethod
     def card_info(cls, repo: str, export: Path) -> CardInfo:
-        return CardInfo("image-feature-extraction",
-                        "a self-supervised image encoder (DINOv2-style image- and patch-level objectives)", f'''```python
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModel
-
-repo = "{repo}"
-processor = AutoImageProcessor.from_pretrained(repo)
-model = AutoModel.from_pretrained(repo).eval()
-
-image = Image.open("xray.png").convert("RGB")
-with torch.no_grad():
-    out = model(**processor(images=image, return_tensors="pt"))
-embedding = out.pooler_output                       # (1, hidden_size) image-level feature (CLS)
-n_skip = 1 + getattr(model.config, "num_register_tokens", 0)
-patches = out.last_hidden_state[:, n_skip:]         # (1, n_patches, hidden_size) patch features
-```
-
-A frozen encoder: use the features with a linear probe, kNN, or a segmentation decoder
-(`mxr0 eval vision` runs all of these).''')
-
-
-def export_ssl(model: SSLMetaArch, transform, out_dir: Path) -> Path:
-    """Write the teacher backbone as an HF folder, its processor config, and the heads beside it."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    teacher = model.teacher["backbone"]
-    teacher.save_pretrained(out_dir, safe_serialization=True)
-    transform.save_pretrained(out_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.teacher.state_dict().items()
-             if not k.startswith("backbone.")}
-    state["loss.dino_center"] = model.dino_loss.center.detach().cpu().contiguous()
-    state["loss.ibot_center"] = model.ibot_loss.center.detach().cpu().contiguous()
-    save_file(state, str(out_dir / HEADS_FILE))
-    c = model.cfg
-    meta: dict[str, Any] = {
-        "what": "teacher DINO / iBOT heads and loss centres of an mxr0 XR-0 pretraining run; set "
-                "model.encoder to this folder to continue pretraining with them",
-        "dino": {"n_prototypes": c.dino_n_prototypes, "hidden_dim": c.dino_hidden_dim,
-                 "bottleneck_dim": c.dino_bottleneck_dim, "nlayers": c.dino_nlayers},
-        "ibot_separate_head": model.separate_ibot,
-        "centering": c.centering,
-        "step": int(model.step),
-    }
-    if model.separate_ibot:
-        meta["ibot"] = {"n_prototypes": c.ibot_n_prototypes, "hidden_dim": c.ibot_hidden_dim,
-                        "bottleneck_dim": c.ibot_bottleneck_dim, "nlayers": c.ibot_nlayers}
-    (out_dir / HEADS_META).write_text(json.dumps(meta, indent=2))
-    return out_dir
+        return ssl_card(repo)

@@ -69,8 +69,7 @@ def _dual(out: Path, tok_dir: Path):
     from transformers import BertConfig, BertModel
 
     from mxr0.data.text import train_wordpiece_tokenizer
-    from mxr0.models.dual_encoder import AlignModel, build_dual_encoder
-    from mxr0.tasks.align import save_align_export
+    from mxr0.models.dual_encoder import AlignModel, build_dual_encoder, save_align_export
 
     tok = train_wordpiece_tokenizer(TEXTS, vocab_size=80, save_dir=tok_dir)
     torch.manual_seed(2)

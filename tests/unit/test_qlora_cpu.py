@@ -161,3 +161,27 @@ def test_qlora_backend_check_on_cpu(monkeypatch, caplog):
     monkeypatch.setattr(bnb, "__version__", "0.45.0")
     with pytest.raises(ConfigError, match="bitsandbytes >= 0.50"):
         check_qlora_backend()
+
+
+def test_report_build_from_model_llm_quantises_the_base(llm_dir):
+    """The recipe path (`build_report_vlm`, what `ReportTask.build_model` calls) with ``model.train_llm=qlora`` and
+    ``model.llm``: the language model's linear layers are nf4, the vision tower and projector are not, and only LoRA
+    adapters (and the projector) train."""
+    from mxr0.config.tasks import ReportModelConfig
+    from mxr0.data.chat import train_chat_tokenizer
+    from mxr0.models.report_vlm import build_report_vlm, check_report_config
+
+    tok = train_chat_tokenizer(["the lungs are clear", "small left pleural effusion", "no pneumothorax"], vocab_size=280)
+    c = ReportModelConfig(vision="", vision_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                    "mlp_ratio": 2, "patch_size": 14, "num_register_tokens": 1},
+                          image_size=28, llm=str(llm_dir), train_llm="qlora", train_vision="frozen", max_length=256,
+                          augment=False, cache_features=False)
+    check_report_config(c)  # allowed on this CPU (bitsandbytes >= 0.50), with a warning
+    model = build_report_vlm(c, tok, 28, N_IMAGE_TOKENS, gradient_checkpointing=False, mixed_precision="bf16")
+    kinds = {n: type(m).__name__ for n, m in model.named_modules()}
+    # the base linear layers of the language model (under peft's LoRA wrappers where LoRA targets them)
+    base = [n for n in kinds if "language_model" in n and "lora_" not in n and n.endswith(("_proj", "_proj.base_layer"))]
+    assert len(base) >= 14 and all(kinds[n] == "Linear4bit" for n in base), {n: kinds[n] for n in base}
+    assert not any(k == "Linear4bit" for n, k in kinds.items() if "vision_tower" in n or "multi_modal_projector" in n)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "multi_modal_projector" in n for n in trainable), trainable

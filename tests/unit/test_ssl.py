@@ -15,9 +15,9 @@ import torch
 from mxr0.config import ConfigError, field_docs, load_recipe
 from mxr0.data.multicrop import BlockMasking, MultiCrop, collate_multicrop
 from mxr0.config.tasks import SSLModelConfig
-from mxr0.models.ssl_meta_arch import SSLMetaArch
+from mxr0.models.ssl_meta_arch import HEADS_FILE, SSLMetaArch
 from mxr0.optim import layerwise_param_groups, momentum_schedule, teacher_temp_schedule
-from mxr0.tasks.ssl import HEADS_FILE, SSLTask
+from mxr0.tasks.ssl import SSLTask
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny" / "xr0_pretrain.yaml"
