@@ -38,7 +38,7 @@ from mxr0.data.cache import build_cache  # noqa: E402
 from mxr0.data.records import CHEXPERT_LABELS, empty_record, read_records, write_records  # noqa: E402
 from mxr0.data.transforms import ImageTransform  # noqa: E402
 from mxr0.data.xray import read_xray  # noqa: E402
-from mxr0.tasks.classify import StudyImageDataset  # noqa: E402
+from mxr0.data.classify_dataset import StudyImageDataset  # noqa: E402
 
 FORMATS = ("jpeg", "png16", "dicom")
 

@@ -8,7 +8,7 @@
 Both sides train the same tiny ViT (same initial weights, same batches, same optimiser and EMA
 teacher) on multi-crop batches with iBOT masks and print training samples/s side by side:
 
-- **ours** (`mxr0.tasks.ssl.SSLMetaArch`): one teacher pass over both global crops, one student pass
+- **ours** (`mxr0.models.ssl_meta_arch.SSLMetaArch`): one teacher pass over both global crops, one student pass
   over both (masked) global crops and one over all local crops, every CLS token and only the masked
   patch tokens through the head in one call, the DINO loss as one weighted sum per student crop,
   fused ``_foreach`` EMA;

@@ -1,7 +1,7 @@
 """Scores of generated answers per instruction kind (the report task's evaluation and `mxr0 generate --task`).
 
 ``score_kind(ds, indices, preds, kind)`` compares the generations for examples ``indices`` of a
-`mxr0.tasks.report.ReportDataset` with their references and returns flat metrics named
+`mxr0.data.report_dataset.ReportDataset` with their references and returns flat metrics named
 ``<kind>_<metric>`` (report metrics keep their plain names, e.g. ``rules_f1_14_micro``):
 
 - ``report``: finding F1 of the rule-based CheXpert labeler against the records' labels;

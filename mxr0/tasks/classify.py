@@ -24,12 +24,12 @@ from torch import nn
 
 from mxr0.config import ConfigError
 from mxr0.config.tasks import ClassifyModelConfig
-from mxr0.data.classify_dataset import StudyImageDataset  # noqa: F401 (moved; re-exported)
+from mxr0.data.classify_dataset import StudyImageDataset
 from mxr0.data.loading import load_split
 from mxr0.data.records import CHEXPERT_LABELS
 from mxr0.data.transforms import ImageTransform
 from mxr0.eval.classify import auroc_table
-from mxr0.losses.bce import masked_bce  # noqa: F401 (moved; re-exported)
+from mxr0.losses.bce import masked_bce
 from mxr0.tasks.base import CardInfo, Task
 
 log = logging.getLogger(__name__)
