@@ -1,5 +1,5 @@
-"""Launcher specifics, apart from the loop: the Accelerator a recipe asks for (precision and accumulation owned
-by the recipe, a disagreeing launcher refused), DeepSpeed configuration, FSDP wrapping, whether parameters are
+"""Launcher specifics, apart from the loop: the launcher check (precision and accumulation owned by the recipe, a
+disagreeing launcher refused; `mxr0.train.launch.make_accelerator` builds the Accelerator), DeepSpeed configuration, FSDP wrapping, whether parameters are
 sharded (ZeRO-3 / FSDP: every rank must join each model call), whole-model initialisation under ZeRO-3, and the
 per-rank weight checksums the invariance tests compare. Tasks (decoding under sharding) and the loop share it."""
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 
 import torch
 
@@ -38,41 +37,6 @@ def _check_launcher(recipe: Recipe) -> None:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
-def make_accelerator(recipe: Recipe, run_dir: Path):
-    """The run's Accelerator, after checking the launcher against the recipe.
-
-    DeepSpeed on a machine without CUDA gets the gloo backend (it would ask for NCCL); with
-    ``ACCELERATE_USE_CPU`` set accelerate would silently run plain DDP instead, so that is an error.
-    accelerate's FSDP does not run on a CPU (v1 fails, v2 runs unsharded and unsynchronised): an error."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
-
-    _check_launcher(recipe)
-    t = recipe.train
-    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (CPUs with AVX-512 bf16) or no")
-    handlers = []
-    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
-        if _env_flag("ACCELERATE_USE_CPU"):
-            raise ConfigError("a DeepSpeed launch with ACCELERATE_USE_CPU=1 silently runs plain DDP instead: unset "
-                              "ACCELERATE_USE_CPU (on a machine without CUDA mxr0 picks the gloo backend itself)")
-        if not torch.cuda.is_available():
-            handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    if _env_flag("ACCELERATE_USE_FSDP") and not torch.cuda.is_available():
-        raise ConfigError("accelerate's FSDP does not run on a CPU (v1 finds no device, v2 runs unsharded and "
-                          "unsynchronised); on a CPU use DDP (ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ...) "
-                          "or DeepSpeed ZeRO-2/3 (see accelerate_configs/README.md)")
-    accelerator = Accelerator(
-        mixed_precision=t.mixed_precision,
-        gradient_accumulation_steps=t.grad_accum,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
-        kwargs_handlers=handlers,
-    )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        _configure_deepspeed(accelerator, recipe)
-    return accelerator
 
 
 def zero_stage(accelerator) -> int:

@@ -10,7 +10,7 @@ config dicts) and raises a `FieldError` that `build` prefixes with the section's
 is refused by ``mxr0 config show`` before any data or model is built.
 
 Precision and gradient accumulation live here and only here (``train.mixed_precision``,
-``train.grad_accum``): a launcher that sets something else is an error (see ``mxr0.train.loop``).
+``train.grad_accum``): a launcher that sets something else is an error (see ``mxr0.distributed`` / ``mxr0.train.launch``).
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ class TrainConfig:
     max_nonfinite: int = 5
     """Consecutive optimiser steps with a non-finite loss that are skipped before training stops."""
     trackers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
-    """Loggers: ``jsonl`` (metrics.jsonl in the run folder), ``tensorboard``, ``wandb`` (if installed)."""
+    """Loggers: ``jsonl`` (metrics.jsonl in the run folder) and accelerate's trackers: ``tensorboard``, ``wandb``,
+    ``mlflow``, ``trackio``, ... (their package must be installed; a missing one is a clear error)."""
     progress: bool = True
     """Show a tqdm progress bar (loss, learning rate, samples/s) on the main process."""
     push_to_hub: bool = False

@@ -12,7 +12,7 @@ from typing import Any
 
 SEED_MAX = 2**31 - 1
 """Largest seed (numpy's seeding takes < 2**32; ranks add their index)."""
-TRACKERS = ("jsonl", "tensorboard", "wandb")
+TRACKERS = ("jsonl", "tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab")
 """Loggers known to ``train.trackers`` (`mxr0.train.trackers`)."""
 
 

@@ -14,7 +14,7 @@ policy): without ``ACCELERATE_USE_CPU`` each rank's ``Accelerator`` reports ``Di
 1 process and ``prepare`` returns the plain model: two unsharded, unsynchronised runs. With
 ``ACCELERATE_USE_CPU=1`` it reports ``MULTI_CPU`` with 2 processes and wraps the model in
 ``DistributedDataParallel``: the FSDP settings are silently dropped, nothing is sharded. Hence
-`mxr0.distributed.make_accelerator` refuses an FSDP launch without CUDA, and this test calls ``fully_shard``
+`mxr0.train.launch.make_accelerator` refuses an FSDP launch without CUDA, and this test calls ``fully_shard``
 itself, as accelerate's FSDP2 path does on GPUs.
 """
 

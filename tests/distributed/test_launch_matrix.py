@@ -241,7 +241,7 @@ def test_zero3_lora_adapters_have_trained_values_after_save_reload_merge(zero, d
 
 def test_deepspeed_with_use_cpu_is_an_error(monkeypatch):
     from mxr0.config import load_recipe
-    from mxr0.train.loop import make_accelerator
+    from mxr0.train.launch import make_accelerator
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")

@@ -335,7 +335,7 @@ def test_no_file_bytes_or_header_values_in_errors(tmp_path: Path) -> None:
 
 def test_bad_samples_txt_holds_only_path_and_reason(tmp_path: Path, caplog) -> None:
     from mxr0.train.faults import GuardedDataset
-    from mxr0.train.loop import _record_bad_samples
+    from mxr0.train.steps import record_bad_samples
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"Doe^Jane MRN-123456 " * 10)
@@ -352,7 +352,7 @@ def test_bad_samples_txt_holds_only_path_and_reason(tmp_path: Path, caplog) -> N
     with caplog.at_level(logging.WARNING, logger="mxr0.train"):
         item, skipped = GuardedDataset(Paths())[0]
     assert item.shape == (4, 4) and len(skipped) == 1
-    _record_bad_samples(tmp_path / "run", 0, 7, skipped)
+    record_bad_samples(tmp_path / "run", 0, 7, skipped)
     text = (tmp_path / "run" / "bad_samples.txt").read_text()
     assert text.startswith(f"step 7 rank 0 index 0: {bad}: not a DICOM, PNG or JPEG file"), text
     for s in ("Doe", "MRN", "b'"):

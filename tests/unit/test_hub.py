@@ -159,7 +159,7 @@ def test_card_eval_tables_fairness_and_base_models(tiny_run, tmp_path):
 
 
 def test_redaction_helpers():
-    from mxr0.hub import redact_recipe
+    from mxr0.hub.run_folder import redact_recipe
     from mxr0.models.download import is_hub_id, scrub_tokens
 
     assert is_hub_id("microsoft/rad-dino") and not is_hub_id("runs/xr0") and not is_hub_id("/abs/x")
@@ -233,6 +233,49 @@ def test_push_run_to_fake_hub(tiny_run, tmp_path, online, monkeypatch, caplog, c
     assert any("my-org/tiny" in r.getMessage() for r in caplog.records if r.name == "mxr0.hub")
 
 
+def test_pushed_card_parses_and_carries_the_model_index(tiny_run, tmp_path, online, monkeypatch):
+    from huggingface_hub import ModelCard, metadata_load
+
+    from mxr0.hub import push_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    vision = _vision_result("records")
+    vision["encoders"]["tiny"]["spec"] = str(run / "export")
+    vision["encoders"]["random"] = {"spec": f"random:{run / 'export'}", "probe": {"mean_auroc": 0.5}}
+    (run / "eval-vision").mkdir()
+    (run / "eval-vision" / "results.json").write_text(json.dumps(vision))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with FakeHub() as hub:
+        push_run(run, "my-org/tiny", endpoint=hub.url)
+        assert not hub.unexpected, hub.unexpected
+        assert "/api/validate-yaml" in [r["path"] for r in hub.requests]  # upload_folder checked the card
+        readme = tmp_path / "README.md"
+        readme.write_bytes(hub.files("my-org/tiny")["README.md"])
+
+    card = ModelCard.load(readme)
+    assert card.data.pipeline_tag == "image-classification" and "## Evaluation" in card.text
+    meta = metadata_load(readme)
+    assert meta["library_name"] == "transformers" and "mxr0" in meta["tags"]
+    (index,) = meta["model-index"]
+    assert index["name"] == yaml.safe_load((run / "recipe.yaml").read_text())["name"]
+    by_split = {r["dataset"].get("split"): r for r in index["results"]}
+    assert {r["task"]["type"] for r in index["results"]} == {"image-classification"}
+    assert by_split["validation"]["dataset"]["type"] == "phantom"
+    final = json.loads((run / "results.json").read_text())["metrics"]
+    val = {m["type"]: m for m in by_split["validation"]["metrics"]}
+    assert set(val) == {k for k in final if "/" not in k} and "mean_auroc" in val  # per-class values stay in tables
+    for k, m in val.items():
+        assert m["value"] == pytest.approx(final[k]) and m["name"] == f"{k} (final validation)"
+    test = {m["type"]: m for m in by_split["test"]["metrics"]}
+    assert test == {"probe_mean_auroc": {"type": "probe_mean_auroc", "value": 0.655,
+                                         "name": "probe_mean_auroc (eval-vision/results.json)"}}  # not the baseline
+    # the same numbers as eval_results once loaded
+    assert {(r.metric_type, r.dataset_split) for r in card.data.eval_results} == \
+        {(k, "validation") for k in val} | {("probe_mean_auroc", "test")}
+    assert str(tmp_path) not in readme.read_text() and TOKEN not in readme.read_text()
+
+
 def test_card_only_and_no_token(tiny_run, tmp_path, online, monkeypatch, capsys):
     import huggingface_hub
 
@@ -265,13 +308,13 @@ def test_push_to_hub_from_recipe(phantom_small, tmp_path, online, monkeypatch, c
 
 def test_failed_push_keeps_the_export(tiny_run, caplog):
     from mxr0.config import load_recipe
-    from mxr0.train.loop import _push_after_training
+    from mxr0.train.finish import push_after_training
 
     recipe = load_recipe(tiny_run / "recipe.yaml", ["train.push_to_hub=true", "train.hub_repo_id=my-org/x"])
     caplog.set_level(logging.ERROR)
     result: dict = {}
     # offline (conftest): the push fails, training's result stands, the log says where the model is
-    _push_after_training(recipe, tiny_run, tiny_run / "export", result)
+    push_after_training(recipe, tiny_run, tiny_run / "export", result)
     assert "hub_url" not in result
     msg = caplog.text
     assert "push to the Hub failed" in msg and str(tiny_run / "export") in msg
