@@ -1,4 +1,4 @@
-"""The model-card details (`mxr0.tasks.base.CardInfo`) of the ssl, align, report and instruct tasks' exports."""
+"""The model-card details (`mxr0.tasks.base.CardInfo`) of every task's export: classify, ssl, align, report, instruct."""
 
 from __future__ import annotations
 
@@ -9,6 +9,27 @@ from mxr0.tasks.base import CardInfo
 
 HALLUCINATION = ("Generated text can be fluent and wrong: it may omit findings or describe findings that are not in the "
                  "image (hallucination), including devices and comparisons with priors.")
+
+
+def classify_card(repo: str) -> CardInfo:
+    return CardInfo("image-classification",
+                    "a multi-label finding classifier (image → per-finding probabilities)", f'''```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+repo = "{repo}"
+processor = AutoImageProcessor.from_pretrained(repo)
+model = AutoModelForImageClassification.from_pretrained(repo).eval()
+
+image = Image.open("chest_xray.png").convert("RGB")
+with torch.no_grad():
+    logits = model(**processor(images=image, return_tensors="pt")).logits
+probs = logits.sigmoid()[0]  # multi-label: one independent probability per finding
+print({{model.config.id2label[i]: round(float(p), 3) for i, p in enumerate(probs)}})
+```
+
+`mxr0_labels.json` holds the label list and how uncertain / blank labels were mapped in training.''')
 
 
 def ssl_card(repo: str) -> CardInfo:

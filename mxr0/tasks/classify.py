@@ -31,6 +31,7 @@ from mxr0.data.transforms import ImageTransform
 from mxr0.eval.classify import auroc_table
 from mxr0.losses.bce import masked_bce
 from mxr0.tasks.base import CardInfo, Task
+from mxr0.tasks.cards import classify_card
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +135,4 @@ class ClassifyTask(Task):
 
     @classmethod
     def card_info(cls, repo: str, export: Path) -> CardInfo:
-        return CardInfo("image-classification",
-                        "a multi-label finding classifier (image → per-finding probabilities)", f'''```python
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-repo = "{repo}"
-processor = AutoImageProcessor.from_pretrained(repo)
-model = AutoModelForImageClassification.from_pretrained(repo).eval()
-
-image = Image.open("chest_xray.png").convert("RGB")
-with torch.no_grad():
-    logits = model(**processor(images=image, return_tensors="pt")).logits
-probs = logits.sigmoid()[0]  # multi-label: one independent probability per finding
-print({{model.config.id2label[i]: round(float(p), 3) for i, p in enumerate(probs)}})
-```
-
-`mxr0_labels.json` holds the label list and how uncertain / blank labels were mapped in training.''')
+        return classify_card(repo)
