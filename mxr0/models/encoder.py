@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mxr0.config import ConfigError
 from mxr0.data.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,16 @@ def new_encoder_config(image_size: int, **config_kwargs):
     from transformers import Dinov2WithRegistersConfig
 
     if "intermediate_size" in config_kwargs:
-        inter = config_kwargs.pop("intermediate_size")
-        config_kwargs["mlp_ratio"] = int(inter) // int(config_kwargs.get("hidden_size", 768))
+        inter, hidden = int(config_kwargs.pop("intermediate_size")), int(config_kwargs.get("hidden_size", 768))
+        ratio = inter // hidden
+        if inter % hidden or ratio < 1:
+            raise ConfigError(f"encoder_config.intermediate_size {inter} is not a multiple of hidden_size {hidden}: "
+                              f"DINOv2 encoders size their MLP by mlp_ratio (intermediate = mlp_ratio x hidden); set "
+                              f"mlp_ratio instead")
+        if "mlp_ratio" in config_kwargs and float(config_kwargs["mlp_ratio"]) != ratio:
+            raise ConfigError(f"encoder_config: intermediate_size {inter} (mlp_ratio {ratio}) disagrees with mlp_ratio "
+                              f"{config_kwargs['mlp_ratio']}: give one of them")
+        config_kwargs["mlp_ratio"] = ratio
     return Dinov2WithRegistersConfig(image_size=image_size, **config_kwargs)
 
 

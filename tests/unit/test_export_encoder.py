@@ -317,3 +317,14 @@ def test_an_alignment_export_feeds_the_report_vlm(exports, phantom_small, tmp_pa
     task.build_datasets()
     vlm = task.build_model()
     _same_outputs(vlm.model.vision_tower.eval(), tower, pixels)
+
+
+def test_new_encoder_maps_intermediate_size_to_mlp_ratio_or_says_why_not():
+    from mxr0.config import ConfigError
+    from mxr0.models.encoder import new_encoder_config
+
+    assert new_encoder_config(28, hidden_size=32, intermediate_size=128, patch_size=14).mlp_ratio == 4
+    with pytest.raises(ConfigError, match="not a multiple of hidden_size 32"):
+        new_encoder_config(28, hidden_size=32, intermediate_size=100, patch_size=14)
+    with pytest.raises(ConfigError, match="disagrees with mlp_ratio"):
+        new_encoder_config(28, hidden_size=32, intermediate_size=128, mlp_ratio=2, patch_size=14)
