@@ -221,6 +221,17 @@ def bench_labeler(args) -> dict:
         "fp32_min_margin_quantiles": {q: float(fp32_margin.quantile(q)) for q in (0.01, 0.05, 0.1, 0.5)},
         "seconds": times,
     }
+    # achieved GFLOP/s (docs/performance.md reads it against the machine's roof, scripts/bench_roof.py): a forward
+    # pass costs 2 x (the encoder's linear weights) per token plus 4 x layers x tokens^2 x hidden for attention;
+    # the rates count distinct reports only where a mode labels each distinct text once
+    bert = cx.model.bert
+    lin = sum(m.weight.numel() for m in bert.encoder.modules() if isinstance(m, _t.nn.Linear))
+    cfg = bert.config
+    flop = {t: 2 * lin * t + 4 * cfg.num_hidden_layers * t * t * cfg.hidden_size for t in set(lens)}
+    all_flop = sum(flop[t] for t in lens)
+    uniq_flop = sum(flop[len(u)] for u in uniq_ids)
+    res["gflop_per_s"] = {m: (uniq_flop if ("dedupe" in m or m.startswith("bf16")) else all_flop) / med[m] / 1e9
+                          for m in modes}
     # the old keys, kept for readers of --json output
     res["one_per_pass_reports_per_s"] = res["reports_per_s"].get("one_per_pass")
     res["ratio_batched"] = res["ratio_median"]["batched"]
@@ -236,8 +247,9 @@ def bench_labeler(args) -> dict:
             ru = runs[m]
             extra = (f"; fp32 relabel {ru['relabelled_fp32']} + calibration {ru['calibration_fp32']} of "
                      f"{ru['reports']} ({100 * ru['relabel_fraction']:.1f}% relabelled, threshold {ru['threshold']:.3g})")
-        print(f"[labeler] {names[m]:<50} {res['reports_per_s'][m]:7.2f} reports/s  {np.median(rr):5.2f}x "
-              f"[{min(rr):.2f}-{max(rr):.2f}]  labels = fp32: {res['labels_equal_to_fp32_batched'][m]}/{n}{extra}")
+        print(f"[labeler] {names[m]:<50} {res['reports_per_s'][m]:7.2f} reports/s  {res['gflop_per_s'][m]:6.1f} GFLOP/s  "
+              f"{np.median(rr):5.2f}x [{min(rr):.2f}-{max(rr):.2f}]  labels = fp32: "
+              f"{res['labels_equal_to_fp32_batched'][m]}/{n}{extra}")
     print(f"[labeler] max |bf16 - fp32| logit: autocast {dev['bf16']:.4f}, bf16 weights {dev['bf16-weights']:.4f}; "
           f"fp32 min-over-heads top-two margin quantiles 1/5/10/50%: "
           + " / ".join(f"{v:.3f}" for v in res["fp32_min_margin_quantiles"].values()))
