@@ -1,8 +1,11 @@
-"""What the demo's parts share: where the shipped recipes are."""
+"""What the demo's parts share: where the shipped recipes are, one-thread training, number formatting."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+
+import torch
 
 
 def recipe_path(name: str) -> Path:
@@ -11,3 +14,25 @@ def recipe_path(name: str) -> Path:
     if here.exists():
         return here
     raise FileNotFoundError(f"recipe {name} not found under {here.parent}; run from a checkout of mxr0")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` intra-op threads (restored afterwards). The demo's models are tiny: per-operation overhead
+    dominates, and a second thread slows a 2-core machine down (measured up to 3x when another process shares it)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def fmt(v, digits: int = 3) -> str:
+    """A table cell: ``–`` for a missing value."""
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    return f"{v:.{digits}f}"

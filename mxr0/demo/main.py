@@ -1,82 +1,114 @@
-"""The README's main command: the whole path on the embedded phantom studies, on a CPU, in minutes.
+"""The README's main command: the whole mXR-0 chain on the embedded phantom studies, on a CPU, in minutes.
 
-1. draw the phantom set (multi-anatomy radiographs with reports, labels, boxes, masks, QA) and a
-   contact sheet of it;
-2. train the tiny finding classifier (`recipes/tiny/classify.yaml`) with the one training loop;
-3. evaluate the exported Hugging Face model on held-out test studies and print the AUROC table;
-4. train a tiny mXR-0 report generator on the classifier's encoder, generate the test reports and
-   score their findings against the labels (`mxr0.demo.report`);
-5. pretrain the tiny XR-0 encoder self-supervised (DINO + iBOT + KoLeo) and compare it with random
-   initialisation on the frozen-encoder suite (`mxr0.demo.xr0`).
+1. draw the phantom set (multi-anatomy radiographs with reports, labels, boxes, masks, QA) and a contact sheet;
+2. train the tiny recipe chain (`mxr0.demo.chain`, ``recipes/tiny/chain/``): XR-0 self-supervised pretraining →
+   the supervised finding classifier on the XR-0 encoder → image-report alignment on that tower → VLM stage 1
+   (reports) on the aligned tower → VLM stage 2 (report + VQA + grounding + grounded report), each stage from the
+   previous stage's export;
+3. score every stage on the held-out test studies next to its own trivial baseline (`mxr0.demo.scores`): the frozen
+   encoder at random init and after each stage, the alignment model, the stage-2 VLM; print one table of them all
+   (`mxr0.demo.table`) and write it with every number to ``results.json`` / ``results.md``.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mxr0.config import load_recipe
 from mxr0.data.phantom import generate_phantom, preview_grid
 from mxr0.data.records import read_records
-from mxr0.demo.common import recipe_path
-from mxr0.demo.report import run_report_demo
-from mxr0.demo.xr0 import run_ssl_demo
-from mxr0.eval.classify import evaluate_classifier, markdown_table
-from mxr0.train.loop import train
+from mxr0.demo.chain import FAST, plan, run_chain
+from mxr0.demo.scores import alignment_scores, encoder_scores, vlm_scores
+from mxr0.demo.table import chain_table
 
-DEMO_RECIPE = "tiny/classify.yaml"
+
+def _encoders(stages: dict[str, dict]) -> dict[str, str]:
+    """The frozen-encoder suite's entries: random init of the chain's tower shape, then each stage's tower."""
+    names = {"xr0": "XR-0", "classify": "+ classifier", "align": "+ alignment"}
+    found = {names[k]: v["export"] for k, v in stages.items() if k in names}
+    if not found:
+        return {}
+    return {"random init": "random:" + next(iter(found.values())), **found}
+
+
+def score_towers(specs: dict[str, str], data: Path, out_dir: Path, fast: bool, align_export: str | None,
+                 chest: list[dict]) -> tuple[dict | None, dict | None, float]:
+    """The frozen-encoder suite over ``specs`` and the alignment model's scores (run in a second process)."""
+    t0 = time.perf_counter()
+    enc = encoder_scores(specs, data, out_dir, fast=fast) if specs else None
+    al = alignment_scores(align_export, chest, out_dir) if align_export else None
+    return enc, al, round(time.perf_counter() - t0, 1)
 
 
 def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: bool = False, xr0: bool = True,
-             report: bool = True) -> int:
+             report: bool = True, align: bool = True, classify: bool = True) -> int:
+    """``xr0`` / ``align`` / ``classify`` False leave that stage out (the next starts from the last export there
+    is; without XR-0 from a new ViT); ``report`` False leaves out both VLM stages."""
 
     t_start = time.perf_counter()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, size = (400, 128) if fast else (2000, 128)
-    overrides = [f"data.path={data}", f"data.phantom.n_studies={n}", f"data.phantom.image_size={size}",
-                 f"train.output_dir={out_dir / 'classify'}"]
-    if fast:
-        overrides += ["train.epochs=2", "train.eval_every=0", "train.save_every=0"]
-
-    n_parts = 3 + int(report) + int(xr0)
-    print(f"[demo] 1/{n_parts} drawing {n} phantom studies at {size} px into {data}")
+    print(f"[demo] drawing {n} phantom studies at {size} px into {data}")
     t0 = time.perf_counter()
     records_path = generate_phantom(data, n_studies=n, image_size=size, seed=0, overwrite=False, progress=True)
     preview_grid(records_path, out_dir / "phantom_preview.png")
-    print(f"[demo]     done in {time.perf_counter() - t0:.1f} s; contact sheet: {out_dir / 'phantom_preview.png'}")
+    timings = {"phantom": round(time.perf_counter() - t0, 1)}
+    print(f"[demo]     done in {timings['phantom']:.0f} s; contact sheet: {out_dir / 'phantom_preview.png'}")
 
-    print(f"[demo] 2/{n_parts} training the tiny finding classifier (recipes/tiny/classify.yaml)")
-    recipe = load_recipe(recipe_path(DEMO_RECIPE), overrides)
+    stages = plan(xr0=xr0, classify=classify, align=align, vlm=report)
+    common = [f"data.phantom.n_studies={n}", f"data.phantom.image_size={size}"]
+    test = read_records(records_path, splits=["test"])
+    chest = [r for r in test if r["anatomy"] == "chest"]
+    train_chest = [r for r in read_records(records_path, splits=["train"]) if r["anatomy"] == "chest"]
+    if fast:
+        chest = chest[:24]
+    last_tower = [s.key for s in stages if s.key in ("xr0", "classify", "align")][-1:]
+    pending: dict = {}
+
+    def after(key: str, done: dict) -> None:
+        # the towers are final once the last encoder stage is: score them in a second process (the 2nd core)
+        # while the VLM stages train here
+        if [key] == last_tower:
+            print("[demo] scoring the frozen encoders and the alignment model in a second process")
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("forkserver"))
+            pending["towers"] = pool.submit(score_towers, _encoders(done), records_path, out_dir / "eval", fast,
+                                            done.get("align", {}).get("export"), chest)
+            pool.shutdown(wait=False)
+
+    trained = run_chain(out_dir, data, stages, common=common, overrides=FAST if fast else None,
+                        after=after)
+    timings.update({k: v["seconds"] for k, v in trained.items()})
     t0 = time.perf_counter()
-    result = train(recipe)
-    t_train = time.perf_counter() - t0
+    vlm = None
+    if "vlm_stage2" in trained:
+        print("[demo] scoring the stage-2 VLM: reports, VQA, grounding")
+        vlm = vlm_scores(trained["vlm_stage2"]["export"], chest, train_chest, out_dir / "eval" / "vlm")
+    timings["eval_vlm"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    enc, al, t_towers = pending["towers"].result() if "towers" in pending else (None, None, 0.0)
+    timings.update({"eval_towers": t_towers, "wait_for_towers": round(time.perf_counter() - t0, 1)})
+    summary: dict = {"stages": trained, "encoders": enc, "alignment": al, "vlm": vlm}
 
-    print(f"[demo] 3/{n_parts} evaluating the exported model on the held-out test split")
-    test = [r for r in read_records(records_path, splits=["test"]) if r["anatomy"] == "chest"]
-    metrics = evaluate_classifier(result["export_dir"], test, views=recipe.data.views)
-    table = markdown_table(metrics, title="Tiny XR classifier on held-out phantom chest studies")
+    table = chain_table(enc, al, vlm)
+    timings["total"] = round(time.perf_counter() - t_start, 1)
+    summary["seconds"] = timings
     print()
     print(table)
     print()
-    summary = {"test": metrics, "validation": result["metrics"], "train_seconds": round(t_train, 1),
-               "total_seconds": round(time.perf_counter() - t_start, 1), "export_dir": result["export_dir"]}
-    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    print(f"(test split: {len(chest)} chest studies for alignment and the VLM, {len(test)} studies of every anatomy "
+          "for kNN; probe and segmentation on the chest studies; findings read from the generated text by the "
+          "rule-based CheXpert labeler, CheXbert's F1 conventions"
+          + ("; --fast: a smoke run, not a result)" if fast else ")"))
+    if vlm and vlm["report"].get("example"):
+        ex = vlm["report"]["example"]
+        print(f"\nexample ({ex['study_id']}):\n  generated: {ex['generated']}\n  reference: {ex['reference']}")
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     (out_dir / "results.md").write_text(table + "\n")
-    print(f"[demo] mean AUROC {metrics.get('mean_auroc', float('nan')):.3f} (chance 0.5); "
-          f"training {t_train:.0f} s, total {summary['total_seconds']:.0f} s")
-    print(f"[demo] model: {result['export_dir']} (loads with transformers AutoModelForImageClassification)")
-    print(f"[demo] logs: {result['run_dir']}/metrics.jsonl, tensorboard --logdir {result['run_dir']}/tensorboard")
-    if report:
-
-        print(f"[demo] 4/{n_parts} report generation: tiny VLM on the classifier's encoder (recipes/tiny/mxr0_report.yaml)")
-        summary["report"] = run_report_demo(out_dir, data, result["export_dir"], fast=fast)
-        (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
-    if xr0:
-
-        print(f"[demo] {n_parts}/{n_parts} XR-0 self-supervised pretraining and the frozen-encoder suite")
-        summary["xr0"] = run_ssl_demo(out_dir, data, fast=fast)
-        (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"[demo] finished in {time.perf_counter() - t_start:.0f} s; results in {out_dir}")
+    print("\n[demo] seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"[demo] results in {out_dir}/results.md and results.json; exports under {out_dir}/<stage>/export "
+          f"(the stage-2 VLM in {out_dir / 'report'})")
     return 0

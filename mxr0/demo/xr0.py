@@ -1,5 +1,6 @@
-"""The XR-0 part of the demo: pretrain the tiny encoder on the phantom studies, then compare it with
-the same encoder at random initialisation on the frozen-encoder suite.
+"""XR-0 on its own (the demo's first chain stage, with the full evaluation): pretrain the tiny encoder on the
+phantom studies, then compare it with the same encoder at random initialisation on the frozen-encoder suite
+(`mxr0.demo.main` runs the whole chain instead and compares every stage's encoder).
 
 1. `recipes/tiny/xr0_pretrain.yaml` (DINO + iBOT + KoLeo, a 4-block ViT, 2 global 64 px and 4
    local 32 px crops) trains with the one training loop on the phantom training split, every
@@ -15,32 +16,18 @@ intra-op thread slows a 2-core machine down (measured up to 3x when another proc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mxr0.config import load_recipe
-from mxr0.demo.common import recipe_path
+from mxr0.demo.common import recipe_path, torch_threads
 from mxr0.eval.vision.report import write_report
 from mxr0.eval.vision.suite import VisionEvalConfig, evaluate_encoders
 from mxr0.train.loop import train
 
 DEMO_RECIPE = "tiny/xr0_pretrain.yaml"
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _get(d: dict, *path: str) -> Any:
