@@ -4,6 +4,8 @@ from the full weights, ``results.json``, the trackers closed and the optional pu
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,14 @@ def finish(run: Run, state: TrainState, interrupted: bool, last_eval: dict[str, 
                 "interrupted": True}
     if run.eval_loader is not None:
         last_eval = evaluate(task, run.model, run.eval_loader, acc)
-    export_dir = run_dir / "export"
+    export_dir, staging = run_dir / "export", run_dir / "export.partial"
+    if run.is_main and staging.exists():  # a crashed export's leftovers
+        shutil.rmtree(staging)
     acc.wait_for_everyone()
     checksums = _rank_checksums(run.model, acc)
-    export_model(task, run.model, acc, export_dir)
+    export_model(task, run.model, acc, staging)
+    if run.is_main:
+        replace_folder(staging, export_dir)
     acc.wait_for_everyone()
     result = {"metrics": last_eval, "run_dir": str(run_dir), "export_dir": str(export_dir),
               "checkpoint": str(ckpt) if ckpt else None,
@@ -59,6 +65,19 @@ def finish(run: Run, state: TrainState, interrupted: bool, last_eval: dict[str, 
             push_after_training(run.recipe, run_dir, export_dir, result)
     acc.end_training()
     return result
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Put the finished folder ``new`` at ``dest``, replacing a previous one whole: an export is written into a fresh
+    folder and swapped in, so a rerun into the same run folder never mixes in a stale file of the previous export
+    (a processor config of another image size, an adapter of another run), and a crash mid-export leaves the
+    previous export intact."""
+    old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def push_after_training(recipe: Recipe, run_dir: Path, export_dir: Path, result: dict) -> None:

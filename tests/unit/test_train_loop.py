@@ -50,8 +50,13 @@ def test_train_saves_exports_and_logs(phantom_small, tmp_path):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     out = tmp_path / "run"
+    # a previous export in the run folder (another image size, a file this task does not write) is replaced whole
+    (out / "export").mkdir(parents=True)
+    (out / "export" / "preprocessor_config.json").write_text('{"size": {"shortest_edge": 112}}')
+    (out / "export" / "stale_adapter.safetensors").write_text("old")
     result = train(load_recipe(TINY, tiny_overrides(phantom_small.parent, out)))
     assert result["state"]["step"] == 12
+    assert not (out / "export" / "stale_adapter.safetensors").exists() and not (out / "export.partial").exists()
     # keep_last=2: steps 8 and 12 remain, 4 was rotated out
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-00000008", "step-00000012"]
     assert (out / "recipe.yaml").exists() and load_recipe(out / "recipe.yaml").train.max_steps == 12
