@@ -23,6 +23,7 @@ from mxr0.data.records import read_records
 from mxr0.demo.chain import FAST, plan, run_chain
 from mxr0.demo.scores import alignment_scores, encoder_scores, vlm_scores
 from mxr0.demo.table import chain_table
+from mxr0.serve.pipeline import Pipeline
 
 
 def _encoders(stages: dict[str, dict]) -> dict[str, str]:
@@ -106,9 +107,31 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
     if vlm and vlm["report"].get("example"):
         ex = vlm["report"]["example"]
         print(f"\nexample ({ex['study_id']}):\n  generated: {ex['generated']}\n  reference: {ex['reference']}")
+        study = next((r for r in chest if r["study_id"] == ex["study_id"]), None)
+        if study is not None:
+            one_study(trained, study)
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     (out_dir / "results.md").write_text(table + "\n")
     print("\n[demo] seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"[demo] results in {out_dir}/results.md and results.json; exports under {out_dir}/<stage>/export "
           f"(the stage-2 VLM in {out_dir / 'report'})")
     return 0
+
+
+def one_study(trained: dict, study: dict) -> None:
+    """The example study once more, through `mxr0.Pipeline` (the session `mxr0 serve` and Python users hold): the
+    stage-2 VLM's report, its boxes for the first finding phrase, and the classifier's top probabilities."""
+    classifier = trained.get("classify", {}).get("export")
+    pipe = Pipeline.from_pretrained(trained["vlm_stage2"]["export"], classifier=classifier, device="cpu")
+    frontal = next(im["path"] for im in study["images"] if im.get("role", "current") == "current")  # as read_records resolved it
+    try:
+        rep = pipe.report(frontal, indication=study.get("indication", ""))
+        phrase = next((b["phrase"] for b in study.get("boxes") or [] if b.get("phrase")), "the heart")
+        ground = pipe.ground(frontal, phrase)
+        probs = sorted(pipe.classify(frontal), key=lambda p: -p["probability"])[:3] if classifier else []
+    finally:
+        pipe.close()
+    print(f"\nthe same study through mxr0.Pipeline (what `mxr0 serve` runs):\n  report: {rep['text']}\n"
+          f"  boxes for '{phrase}' (pixels of the original image): {ground['boxes']}")
+    if probs:
+        print("  classifier: " + ", ".join(f"{p['label']} {p['probability']:.2f}" for p in probs))

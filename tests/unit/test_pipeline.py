@@ -112,3 +112,13 @@ def test_cli_generate_one_study_and_question_run_on_the_pipeline(export, png, ca
     assert main(["generate", "--task", "vqa", "--model", str(export), "--image", str(png), "--prompt",
                  "Is there a pleural effusion?"]) == 0
     assert capsys.readouterr().out.strip() == text
+
+
+def test_demo_shows_one_study_through_the_pipeline(export, png, capsys):
+    from mxr0.demo.main import one_study
+
+    study = {"study_id": "s", "indication": "Cough.", "images": [{"path": str(png), "view": "PA", "role": "current"}],
+             "boxes": [{"phrase": "small left pleural effusion", "x0": 0.1, "y0": 0.1, "x1": 0.5, "y1": 0.5}]}
+    one_study({"vlm_stage2": {"export": str(export)}}, study)
+    out = capsys.readouterr().out
+    assert "through mxr0.Pipeline" in out and "boxes for 'small left pleural effusion'" in out
