@@ -142,7 +142,8 @@ def test_memory_per_gpu_follows_the_rules(meta):
     t, frozen = s.trainable, s.total - s.trainable
     ddp = memory_per_gpu(s, "ddp", 8)
     assert ddp["state"] == pytest.approx((20 * t + s.frozen_bytes) / 1e9)
-    assert s.frozen_bytes == pytest.approx(4 * frozen, rel=0.01)  # the stage-1 export's config says float32
+    # stage 2 loads the frozen LLM in bf16 (llm_load_dtype), the vision tower and projector in fp32
+    assert 2 * frozen < s.frozen_bytes < 2.1 * frozen
     z2, z3, off, fsdp = (memory_per_gpu(s, k, 8) for k in ("zero2", "zero3", "zero3_offload", "fsdp"))
     assert z2["state"] == pytest.approx((2 * frozen + 2 * t + 14 * t / 8) / 1e9)
     assert z3["state"] == pytest.approx((16 * t + 2 * frozen) / 8 / 1e9 + 4 * s.largest_block / 1e9)
