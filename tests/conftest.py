@@ -124,31 +124,3 @@ def finding_encoder(phantom_1200, tmp_path_factory) -> Path:
 
     return shared_artifact(tmp_path_factory, "finding_encoder", build)
 
-
-# The longest test files first (measured on a fresh clone, `--durations`): pytest-xdist's `--dist loadfile` hands
-# files to the workers in collection order, so a long file collected last runs alone at the end while the other
-# worker idles (the 14-15 minute suite had a 2.5-minute tail that way). Longest-first keeps both cores busy.
-# xdist queues a second file behind a worker's one-test file at once, so the file after the first two goes to
-# the worker running the longest test: a short one with several tests (architecture) sits there, not a long one.
-LONGEST_FIRST = (
-    "tests/learning/test_instruct_learns.py",  # ~460 s
-    "tests/learning/test_align_learns.py",  # ~200 s
-    "tests/unit/test_architecture.py",  # ~5 s: queued behind the instruct test
-    "tests/learning/test_report_learns.py",  # ~150 s (+ the shared finding encoder)
-    "tests/distributed/test_launch_matrix.py",  # ~130 s
-    "tests/learning/test_ssl_demo.py",  # ~70 s
-    "tests/learning/test_ssl_learning.py",  # ~70 s
-    "tests/unit/test_checkpoint_safety.py",  # ~60 s
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    order = {id(item): n for n, item in enumerate(items)}
-
-    def key(item):
-        path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix() if str(item.fspath).startswith(str(REPO)) \
-            else str(item.fspath)
-        return (rank.get(path, len(rank)), order[id(item)])
-
-    items.sort(key=key)
