@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mxr0.data.phantom import draw as D
+import mxr0.data.phantom.draw as D
 from mxr0.data.phantom.chest_findings import _Device, _Finding
 from mxr0.data.phantom.chest_scene import _chest_scene, _Scene
 from mxr0.data.phantom.chest_signs import _draw_signs

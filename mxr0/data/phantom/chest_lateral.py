@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mxr0.data.phantom import draw as D
+import mxr0.data.phantom.draw as D
 from mxr0.data.phantom.chest_findings import _Device, _Finding
 from mxr0.data.phantom.common import F, _Ctx, _finish, _sig
 

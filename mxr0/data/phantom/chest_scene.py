@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mxr0.data.phantom import draw as D
+import mxr0.data.phantom.draw as D
 from mxr0.data.phantom.chest_findings import _Finding
 from mxr0.data.phantom.common import _SIGN, F, _Ctx, _sig
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mxr0.data.phantom import draw as D
+import mxr0.data.phantom.draw as D
 from mxr0.data.records import CHEXPERT_LABELS
 
 PHANTOM_VERSION = "mxr0-phantom-1"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mxr0.data.phantom import draw as D
+import mxr0.data.phantom.draw as D
 from mxr0.data.phantom.bones import _cortical, _fracture, _smooth
 from mxr0.data.phantom.common import (
     P_UNCERTAIN,

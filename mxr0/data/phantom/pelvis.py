@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mxr0.data.phantom import draw as D
+import mxr0.data.phantom.draw as D
 from mxr0.data.phantom.bones import _cortical, _fracture
 from mxr0.data.phantom.common import (
     _SIGN,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mxr0.data.phantom import draw as D
+import mxr0.data.phantom.draw as D
 from mxr0.data.phantom.common import DEFAULT_ANATOMY_MIX, PHANTOM_ANATOMIES, PHANTOM_VERSION
 from mxr0.data.phantom.study import draw_study
 from mxr0.data.records import (
