@@ -191,6 +191,62 @@ def quantise_language_model(model: nn.Module, config=None, device=None) -> nn.Mo
     return model
 
 
+def dequantise_language_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The inverse of `quantise_language_model`, in place: each bitsandbytes ``Linear4bit`` of the language model
+    becomes an ``nn.Linear`` holding its dequantised nf4 weight in ``dtype`` (the weights the 4-bit model
+    computed with), and the model no longer says it is quantised."""
+    import bitsandbytes as bnb
+
+    lm = llava_core(model).language_model
+    for name, mod in list(lm.named_modules()):
+        if not isinstance(mod, bnb.nn.Linear4bit):
+            continue
+        weight = bnb.functional.dequantize_4bit(mod.weight.data, mod.weight.quant_state).to(dtype)
+        lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+        lin.weight = nn.Parameter(weight, requires_grad=False)
+        if mod.bias is not None:
+            lin.bias = nn.Parameter(mod.bias.data.to(dtype), requires_grad=False)
+        lm.set_submodule(name, lin)
+    for attr in ("quantization_config",):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    for attr in ("is_loaded_in_4bit", "hf_quantizer", "quantization_method"):
+        if attr in model.__dict__:
+            delattr(model, attr)
+    model.is_quantized = False
+    return model
+
+
+def merge_lora(model, adapter_dir: Path):
+    """A LoRA / QLoRA model merged into a plain model for the export. Under QLoRA the nf4 base is dequantised
+    first and the adapter (saved in ``adapter_dir``) merged into it in fp32; the language model and LM head are
+    then stored in the products' dtype (``bnb_4bit_compute_dtype``, bf16 in production), as a LoRA run stores its
+    bf16 base. peft's own merge into a 4-bit layer
+    would re-quantise the merged weight to nf4 and move the logits the run was trained and evaluated on (measured
+    on a tiny VLM: up to 0.49 in logit); the dequantised merge reproduces them to the storage dtype's rounding."""
+    import importlib.util
+
+    base = model.get_base_model()
+    if importlib.util.find_spec("bitsandbytes") is None or not _four_bit_layers(base):
+        return model.merge_and_unload()
+    from peft import PeftModel
+
+    store = getattr(getattr(base.config, "quantization_config", None), "bnb_4bit_compute_dtype", None) or torch.float32
+    if isinstance(store, str):
+        store = getattr(torch, store)
+    base = dequantise_language_model(model.unload(), torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    llava_core(merged).language_model.to(store)  # as a LoRA run's bf16 base is stored (`llm_load_dtype`)
+    merged.lm_head.to(store)
+    return merged
+
+
+def _four_bit_layers(module: nn.Module) -> list[str]:
+    import bitsandbytes as bnb
+
+    return [n for n, m in module.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
 # --- image-token budget -------------------------------------------------------------------------------
 def check_image_token_budget(cfg, tokens_per_image: int) -> None:
     """Raise `ConfigError` when an example of some kind of ``cfg.tasks`` cannot fit ``cfg.max_length``: its
@@ -285,7 +341,7 @@ def save_vlm_export(model, tokenizer, transform, out_dir: Path, cfg: ReportModel
     out_dir.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):  # a peft model: keep the adapter, then merge for the export
         model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-        model = model.merge_and_unload()
+        model = merge_lora(model, out_dir / "adapter")
     if getattr(model, "generation_config", None) is not None:  # plain `model.generate` stops at the end of the turn
 
         model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)

@@ -208,7 +208,7 @@ def _build_standins(out: Path) -> Path:
     qwen = out / "Qwen--Qwen2.5-7B-Instruct"
     tok = train_chat_tokenizer(TEXTS, 400, 8192, save_dir=qwen)
     q = {k: v for k, v in _cfg("Qwen/Qwen2.5-7B-Instruct").items() if k not in ("bos_token_id", "eos_token_id")}
-    Qwen2ForCausalLM(Qwen2Config(**{**q, "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+    Qwen2ForCausalLM(Qwen2Config(**{**q, "vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
                                     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                                     "max_window_layers": 2, "pad_token_id": tok.pad_token_id})).save_pretrained(qwen)
     return out
@@ -233,10 +233,11 @@ def standins(tmp_path_factory):
     return _build_standins(tmp_path_factory.mktemp("hub_standins"))
 
 
-def _small_run(name: str, data: Path, standins: Path, out: Path, init_from: str | None = None) -> dict:
+def _small_run(name: str, data: Path, standins: Path, out: Path, init_from: str | None = None,
+               more: tuple[str, ...] = ()) -> dict:
     from mxr0.train.loop import train
 
-    extra = [f"data.path={data}", f"train.output_dir={out}",
+    extra = [f"data.path={data}", f"train.output_dir={out}", *more,
              *SHRINK.get(name, SHRINK["vlm"] if name.startswith("mxr0_") and name != "mxr0_align" else [])]
     recipe = resolve_hub_ids(REPO / "recipes" / f"{name}.yaml", [*SMALL, *extra], configs=standins, init_from=init_from)
     old = torch.get_num_threads()
@@ -281,3 +282,18 @@ def test_stage1_standin_export_has_the_hub_classes(stage1_export):
     cfg = AutoConfig.from_pretrained(stage1_export)
     assert cfg.model_type == "llava"
     assert cfg.vision_config.model_type == "dinov2" and cfg.text_config.model_type == "qwen2"
+
+
+def test_report_recipe_under_qlora_exports_a_plain_model(stage1_export, phantom_small, standins, tmp_path):
+    """The production report recipe with its documented QLoRA switch (``model.train_llm=qlora``, bitsandbytes'
+    CPU kernels): 2 steps, then the export merges the adapter into the dequantised base (`merge_lora`), so the
+    exported model has no quantisation config and loads without bitsandbytes. (The Qwen stand-in is 64 wide:
+    bitsandbytes' CPU nf4 inference kernel needs in_features of at least one quantisation block, 64.)"""
+    pytest.importorskip("bitsandbytes")
+    result = _small_run("mxr0_report", phantom_small, standins, tmp_path / "run", init_from=str(stage1_export),
+                        more=("model.train_llm=qlora",))
+    _check_run(result, "mxr0_report+qlora")
+    export = Path(result["export_dir"])
+    cfg = json.loads((export / "config.json").read_text())
+    assert "quantization_config" not in cfg and "quantization_config" not in cfg.get("text_config", {}), cfg
+    assert (export / "adapter" / "adapter_config.json").is_file()
