@@ -5,8 +5,8 @@
     .venv/bin/python scripts/bench_align.py --device cuda --batch-size 256 --hidden 384 --layers 12 \\
         --heads 6 --patch 14 --image-size 224 --text-hidden 256 --text-layers 6 --text-heads 4
 
-Needs open_clip (``pip install --no-deps open_clip_torch``: ``--no-deps`` keeps it from pulling a
-torchvision that replaces our torch). Only its ``loss.py`` is loaded, by file path, at run time:
+Needs open_clip, which the README's set-up installs with the dev extras (`scripts/bootstrap.sh`:
+``pip install --no-deps open_clip_torch``, ``--no-deps`` keeps it from pulling a torchvision that replaces our torch). Only its ``loss.py`` is loaded, by file path, at run time:
 ``import open_clip`` itself needs torchvision, which the mxr0 environment leaves out.
 
 Both sides train the same dual encoder (a new DINOv2-with-registers ViT and a tiny BERT from configs,

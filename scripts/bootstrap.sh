@@ -35,6 +35,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   _pip install -q -e "$MXR0_ROOT[$MXR0_EXTRAS]"
   echo "$want" > "$stamp"
 fi
+# The dev extras' benchmark reference scripts/bench_align.py measures against: open_clip's ClipLoss. Installed with
+# --no-deps (its torchvision requirement would replace our torch); bench_align loads only its loss module.
+if [[ ",$MXR0_EXTRAS," == *",dev,"* ]] && ! "$MXR0_VENV/bin/python" -c \
+    "import importlib.util, sys; sys.exit(importlib.util.find_spec('open_clip') is None)" 2>/dev/null; then
+  _pip install -q --no-deps "open_clip_torch==3.3.0"
+fi
 export PATH="$MXR0_VENV/bin:$PATH"
 
 # Optional: the browser the web-page test drives (tests/unit/test_serve.py), Debian's chromium + chromium-driver (a browser
