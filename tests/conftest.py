@@ -99,28 +99,3 @@ LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0
                 "train.trackers=[jsonl]"]
 
 
-@pytest.fixture(scope="session")
-def finding_encoder(phantom_1200, tmp_path_factory) -> Path:
-    """The export of a small finding classifier trained on `phantom_1200` (as in the demo, smaller: 112 px,
-    8x8 patches of 14): the frozen encoder of the tiny VLM learning tests, trained once per session."""
-    import torch
-
-    from mxr0.config import load_recipe
-    from mxr0.train.loop import train
-
-    def build(out: Path) -> Path:
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            enc = train(load_recipe(REPO / "recipes/tiny/classify.yaml", [
-                *LEARN_COMMON, f"data.path={phantom_1200}", f"train.output_dir={out / 'classify'}",
-                "model.image_size=112",
-                "model.encoder_config={hidden_size: 64, num_hidden_layers: 3, num_attention_heads: 4, "
-                "intermediate_size: 128, patch_size: 14, num_register_tokens: 2}",
-                "train.epochs=30", "train.lr=2e-3", "train.warmup_steps=20"]))
-        finally:
-            torch.set_num_threads(old)
-        return Path(enc["export_dir"])
-
-    return shared_artifact(tmp_path_factory, "finding_encoder", build)
-

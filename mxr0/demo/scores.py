@@ -86,7 +86,7 @@ def _rows(path: Path) -> list[dict]:
 def vqa_grounding_scores(export: str | Path, held_out: list[dict], train_records: list[dict], out_dir: Path,
                          batch_size: int = 32) -> dict[str, float]:
     """VQA closed accuracy (generated and option-ranked) against the prior, grounding Acc@0.5 / mIoU against the
-    prior box; both baselines fitted on the training examples (as tests/learning/test_instruct_learns.py)."""
+    prior box; both baselines fitted on the training examples (as tests/learning/test_chain_learns.py asserts)."""
     train_ex, _ = build_examples(train_records, ["vqa", "grounding"])
     out: dict[str, float] = {}
     path, vqa = generate_task(export, held_out, out_dir / "vqa.jsonl", "vqa", batch_size=batch_size, progress=False)

@@ -1,26 +1,35 @@
 """End to end: the tiny recipe chain (recipes/tiny/chain/, the demo's `mxr0.demo.chain`) trains every stage on the
 previous stage's export — XR-0 SSL → finding classifier on the XR-0 encoder → alignment on that tower (last block
 unlocked) → VLM stage 1 (reports) on the aligned tower → VLM stage 2 (report + VQA + grounding + grounded report,
-init_from stage 1) — and each stage beats its own trivial baseline on held-out studies: alignment R@5 against
-chance, report finding F1 against the most frequent training report, VQA closed accuracy against the prior answer,
-grounding Acc@0.5 / mIoU against the prior box. The frozen-encoder comparison (random init / XR-0 / + classifier /
-+ alignment) is printed, not asserted.
+init_from stage 1) — and each stage beats its own trivial baseline on the 144 held-out chest studies: alignment R@5
+against chance, report finding F1 against the most frequent training report, VQA closed accuracy against the prior
+answer, grounding Acc@0.5 / mIoU against the prior box (the mean training box). The frozen-encoder comparison (random
+init / XR-0 / + classifier / + alignment) and the alignment's zero-shot AUROC and similarity-map grounding are printed,
+not asserted. This test carries the report and instruction-mixture learning claims for the CI suite (the separate
+report / VQA + grounding tests on a classifier trained from scratch were folded into it).
 
-Measured (2-core VM shared by ~8 sessions, load average 6-10, one thread per run; phantom_1200, 144 held-out chest
-studies), seeds 0 / 1 / 2 with the earlier step counts (classifier 200 steps at lr 1e-3, VLM stage 1 200 steps, the
-rest as STEPS): alignment mean R@5 0.076 / 0.080 / 0.069 against chance 0.035 (1.97-2.29x); VQA closed accuracy
-generated 0.483 / 0.446 / 0.631, option-ranked 0.677 / 0.685 / 0.679, against the prior 0.328; reports collapsed to
-normal reports (1 / 4 / 2 distinct texts, finding F1-14 micro 0.220 = the constant report's 0.220); grounding Acc@0.5
-0.048 / 0.030 / 0.000 and mIoU 0.116 / 0.115 / 0.048 against the prior box's 0.0 / 0.096. So at those counts the
-report and grounding assertions below FAIL. STEPS now trains the classifier 400 steps at lr 2e-3 (validation AUROC
-0.71-0.77 over seeds 0-4 instead of 0.58-0.66) and stage 1 400 steps; that configuration was still running when this
-was written (not yet measured: the report and grounding margins are the issue's, not yet shown to hold). Stage 2
-is unchanged at 300 steps; the demo's 452 stage-2 steps on 960 studies reached grounding Acc@0.5 0.27.
-Run time: 428 s of CPU time for seed 0 with the encoder comparison (the earlier counts), over the 4-minute target."""
+Measured at STEPS below, seeds 0-4 (one thread each; runs are deterministic for their seed; phantom_1200):
+
+| metric | seeds 0 / 1 / 2 / 3 / 4 | mean | spread (max - min) | baseline | asserted |
+|---|---|---|---|---|---|
+| alignment mean R@5 | 0.101 / 0.094 / 0.167 / 0.094 / 0.139 | 0.119 | 0.073 | chance 0.035 | >= 2x chance |
+| report finding F1-14 micro | 0.417 / 0.475 / 0.406 / 0.436 / 0.464 | 0.440 | 0.069 | constant report 0.220 | >= +0.15 |
+| VQA closed accuracy, generated | 0.515 / 0.601 / 0.659 / 0.649 / 0.629 | 0.611 | 0.144 | prior 0.328 | >= +0.12 |
+| VQA closed accuracy, option-ranked | 0.664 / 0.692 / 0.688 / 0.675 / 0.675 | 0.679 | 0.028 | prior 0.328 | >= +0.25 |
+| grounding Acc@0.5 | 0.230 / 0.167 / 0.216 / 0.067 / 0.164 | 0.169 | 0.164 | prior box 0.000 | >= +0.04 |
+| grounding mIoU | 0.247 / 0.237 / 0.237 / 0.171 / 0.225 | 0.224 | 0.076 | prior box 0.096 | >= +0.05 |
+
+Every mean margin over its baseline lies outside the seed spread (grounding Acc@0.5 only just: +0.169 against
+0.164), and every seed passes every assertion. Printed only: zero-shot AUROC 0.626-0.748; similarity-map grounding
+mIoU 0.051-0.091, below the centred box's 0.099 (the issue's "whatever the numbers show").
+Step counts: at stage 2's 300 steps grounding failed in 2 of 5 seeds (Acc@0.5 0.022, mIoU +0.026) and seed 2's
+report F1 margin was +0.12; at 300 stage-1 and 250 stage-2 steps (100 XR-0 / 300 classifier / 100 alignment) the
+reports collapsed to the constant report in 3 of 3 seeds. Hence 400 / 400 below.
+CI cost: one test, about 10-11 minutes on one core beside the other pytest worker (the stages run one after another);
+its timeout is a hang guard."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -32,13 +41,13 @@ from mxr0.demo.scores import alignment_scores, encoder_scores, vlm_scores
 from mxr0.demo.table import chain_table
 from tests.conftest import LEARN_COMMON
 
-# Step counts of each stage (the recipes' epochs are the demo's; these keep the test near 4 minutes on one core).
+# Step counts of each stage (the recipes' epochs are the demo's; these are the measured CI configuration).
 STEPS = {
     "xr0": ["train.max_steps=150", "train.warmup_steps=15", "model.eval_gallery_studies=200"],
     "classify": ["train.max_steps=400", "train.warmup_steps=20", "train.lr=2e-3"],
     "align": ["train.max_steps=150", "train.warmup_steps=15"],
     "vlm_stage1": ["train.max_steps=400", "model.eval_generate=0"],
-    "vlm_stage2": ["train.max_steps=300", "model.eval_generate=0"],
+    "vlm_stage2": ["train.max_steps=400", "model.eval_generate=0"],
 }
 
 
@@ -64,11 +73,7 @@ def train_and_score(data: Path, out: Path, seed: int = 0, encoders: bool = True,
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MXR0_CHAIN_LEARNING"),
-                    reason="opt-in (MXR0_CHAIN_LEARNING=1): ~7 CPU minutes a seed, and at CI-sized step counts the "
-                           "report and grounding margins failed in 3 of 3 measured seeds (see the module docstring); "
-                           "the CI suite checks each stage's learning in its own test and the chain's wiring in "
-                           "tests/unit/test_demo_chain.py")
+@pytest.mark.timeout(2400)  # ~13 min on a quiet 2-core VM beside the other pytest worker; a hang guard, not a target
 def test_tiny_chain_each_stage_beats_its_baseline(phantom_1200, tmp_path, one_thread):
     res = train_and_score(phantom_1200, tmp_path)
     al, vlm, rep = res["align"], res["vlm"], res["vlm"]["report"]
@@ -76,9 +81,9 @@ def test_tiny_chain_each_stage_beats_its_baseline(phantom_1200, tmp_path, one_th
     print(chain_table(res.get("encoders"), al, vlm))
     print(res["seconds"])
     assert al["n_images"] >= 140 and rep["n"] >= 140 and vlm["vqa_n_closed"] >= 300 and vlm["grounding_n"] >= 150
-    assert al["mean_r5"] >= 1.5 * al["chance_r5"], al  # measured 1.97-2.29x chance
-    assert rep["ours"]["rules_f1_14_micro"] >= rep["constant"]["rules_f1_14_micro"] + 0.15, rep
-    assert vlm["vqa_closed_accuracy_ranked"] >= vlm["vqa_prior_closed_accuracy"] + 0.2, vlm  # measured +0.35-0.36
-    assert vlm["vqa_closed_accuracy"] >= vlm["vqa_prior_closed_accuracy"] + 0.05, vlm  # measured +0.12-0.30
-    assert vlm["grounding_acc50"] >= vlm["grounding_prior_acc50"] + 0.05, vlm
-    assert vlm["grounding_miou"] >= vlm["grounding_prior_miou"] + 0.05, vlm
+    assert al["mean_r5"] >= 2.0 * al["chance_r5"], al  # measured 2.7-4.8x
+    assert rep["ours"]["rules_f1_14_micro"] >= rep["constant"]["rules_f1_14_micro"] + 0.15, rep  # measured +0.19-0.26
+    assert vlm["vqa_closed_accuracy"] >= vlm["vqa_prior_closed_accuracy"] + 0.12, vlm  # measured +0.19-0.33
+    assert vlm["vqa_closed_accuracy_ranked"] >= vlm["vqa_prior_closed_accuracy"] + 0.25, vlm  # measured +0.34-0.36
+    assert vlm["grounding_acc50"] >= vlm["grounding_prior_acc50"] + 0.04, vlm  # measured +0.067-0.230
+    assert vlm["grounding_miou"] >= vlm["grounding_prior_miou"] + 0.05, vlm  # measured +0.075-0.151
