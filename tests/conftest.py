@@ -101,23 +101,33 @@ LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0
 
 
 
-# The chain learning test (one test, ~10.5 min: five stages one after another) is collected first, so pytest-xdist's
-# `--dist loadfile` starts it at once on one worker while the other works through the rest. In collection order it
-# was reached 8 minutes in and ran alone at the end (fresh clone: 19.5 min). xdist then gives the other worker the
-# second file and at once queues the third behind the one-test chain file: a short one (architecture, ~5 s) is put
-# third, so nothing long waits behind the chain. (Sorting every file longest-first was measured slower, 18 min: the
-# long files then met on one worker.)
+# Test files are handed to the pytest-xdist workers (`--dist loadfile`, scripts/test.sh) in the order set here, not
+# in xdist's own (its default `--loadscope-reorder` sorts files by their number of tests, which put the one-test
+# chain learning file, ~10.5 min of five stages one after another, 5 minutes into the run, and the suite took 19-20
+# min). Here the chain file comes first, so it starts at once on one worker while the other works through the rest;
+# the rest keep xdist's order (most tests first, stable). xdist gives the other worker the second file and at once
+# queues the third behind the one-test chain file: a short one (architecture, ~5 s) is put third, so nothing long
+# waits behind the chain. (Sorting every file longest-first was measured slower, 18 min: the long files then met.)
 LONG_FIRST, SHORT_THIRD = "tests/learning/test_chain_learns.py", "tests/unit/test_architecture.py"
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order of pytest_collection_modifyitems
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
     def path(item):
         return item.nodeid.split("::")[0]
 
+    size: dict[str, int] = {}
+    for it in items:
+        size[path(it)] = size.get(path(it), 0) + 1
     first = [it for it in items if path(it) == LONG_FIRST]
     third = [it for it in items if path(it) == SHORT_THIRD]
-    rest = [it for it in items if path(it) not in (LONG_FIRST, SHORT_THIRD)]
+    rest = sorted((it for it in items if path(it) not in (LONG_FIRST, SHORT_THIRD)), key=lambda it: -size[path(it)])
     if not first or not rest:
+        items[:] = first + third + rest
         return
     second = [it for it in rest if path(it) == path(rest[0])]
     items[:] = first + second + third + rest[len(second):]
