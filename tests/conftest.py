@@ -108,7 +108,10 @@ LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0
 # the rest keep xdist's order (most tests first, stable). xdist gives the other worker the second file and at once
 # queues the third behind the one-test chain file: a short one (architecture, ~5 s) is put third, so nothing long
 # waits behind the chain. (Sorting every file longest-first was measured slower, 18 min: the long files then met.)
+# The other long one-test files go to the other worker first (sorted last by test count, they ran alone at the end).
 LONG_FIRST, SHORT_THIRD = "tests/learning/test_chain_learns.py", "tests/unit/test_architecture.py"
+LONG_NEXT = ("tests/learning/test_ssl_learning.py", "tests/learning/test_classify_learns.py",
+             "tests/learning/test_ssl_demo.py", "tests/distributed/test_launch_matrix.py")
 
 
 def pytest_configure(config):
@@ -125,7 +128,9 @@ def pytest_collection_modifyitems(config, items):
         size[path(it)] = size.get(path(it), 0) + 1
     first = [it for it in items if path(it) == LONG_FIRST]
     third = [it for it in items if path(it) == SHORT_THIRD]
-    rest = sorted((it for it in items if path(it) not in (LONG_FIRST, SHORT_THIRD)), key=lambda it: -size[path(it)])
+    long_next = {p: i for i, p in enumerate(LONG_NEXT)}
+    rest = sorted((it for it in items if path(it) not in (LONG_FIRST, SHORT_THIRD)),
+                  key=lambda it: (long_next.get(path(it), len(LONG_NEXT)), -size[path(it)]))
     if not first or not rest:
         items[:] = first + third + rest
         return

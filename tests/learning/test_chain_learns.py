@@ -4,15 +4,18 @@ unlocked) → VLM stage 1 (reports) on the aligned tower → VLM stage 2 (report
 init_from stage 1) — and each stage beats its own trivial baseline on the 144 held-out chest studies: alignment R@5
 against chance, report finding F1 against the most frequent training report, VQA closed accuracy against the prior
 answer, grounding Acc@0.5 / mIoU against the prior box (the mean training box). The frozen-encoder comparison (random
-init / XR-0 / + classifier / + alignment) and the alignment's zero-shot AUROC and similarity-map grounding are printed,
-not asserted. This test carries the report and instruction-mixture learning claims for the CI suite (the separate
-report / VQA + grounding tests on a classifier trained from scratch were folded into it).
+init / XR-0 / + classifier / + alignment; with MXR0_CHAIN_ENCODERS=1, as the demo's table always shows it) and
+the alignment's similarity-map grounding are printed, not asserted;
+the alignment's zero-shot AUROC is asserted above chance. This test carries the alignment, report and
+instruction-mixture learning claims for the CI suite (the separate alignment-from-scratch, report and VQA +
+grounding tests were folded into it, to hold the suite's time).
 
 Measured at STEPS below, seeds 0-4 (one thread each; runs are deterministic for their seed; phantom_1200):
 
 | metric | seeds 0 / 1 / 2 / 3 / 4 | mean | spread (max - min) | baseline | asserted |
 |---|---|---|---|---|---|
 | alignment mean R@5 | 0.101 / 0.094 / 0.167 / 0.094 / 0.139 | 0.119 | 0.073 | chance 0.035 | >= 2x chance |
+| alignment zero-shot mean AUROC | 0.691 / 0.706 / 0.626 / 0.748 / 0.725 | 0.699 | 0.123 | chance 0.5 | >= 0.55 |
 | report finding F1-14 micro | 0.417 / 0.475 / 0.406 / 0.436 / 0.464 | 0.440 | 0.069 | constant report 0.220 | >= +0.15 |
 | VQA closed accuracy, generated | 0.515 / 0.601 / 0.659 / 0.649 / 0.629 | 0.611 | 0.144 | prior 0.328 | >= +0.12 |
 | VQA closed accuracy, option-ranked | 0.664 / 0.692 / 0.688 / 0.675 / 0.675 | 0.679 | 0.028 | prior 0.328 | >= +0.25 |
@@ -20,8 +23,8 @@ Measured at STEPS below, seeds 0-4 (one thread each; runs are deterministic for 
 | grounding mIoU | 0.247 / 0.237 / 0.237 / 0.171 / 0.225 | 0.224 | 0.076 | prior box 0.096 | >= +0.05 |
 
 Every mean margin over its baseline lies outside the seed spread (grounding Acc@0.5 only just: +0.169 against
-0.164), and every seed passes every assertion. Printed only: zero-shot AUROC 0.626-0.748; similarity-map grounding
-mIoU 0.051-0.091, below the centred box's 0.099 (the issue's "whatever the numbers show").
+0.164), and every seed passes every assertion. Printed only: similarity-map grounding mIoU 0.051-0.091, below the
+centred box's 0.099 (the issue's "whatever the numbers show").
 Step counts: at stage 2's 300 steps grounding failed in 2 of 5 seeds (Acc@0.5 0.022, mIoU +0.026) and seed 2's
 report F1 margin was +0.12; at 300 stage-1 and 250 stage-2 steps (100 XR-0 / 300 classifier / 100 alignment) the
 reports collapsed to the constant report in 3 of 3 seeds. Hence 400 / 400 below.
@@ -30,6 +33,7 @@ its timeout is a hang guard."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -75,13 +79,16 @@ def train_and_score(data: Path, out: Path, seed: int = 0, encoders: bool = True,
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # ~13 min on a quiet 2-core VM beside the other pytest worker; a hang guard, not a target
 def test_tiny_chain_each_stage_beats_its_baseline(phantom_1200, tmp_path, one_thread):
-    res = train_and_score(phantom_1200, tmp_path)
+    # the frozen-encoder comparison (printed, never asserted; the demo's table shows it) costs ~1.5 min on the
+    # suite's critical path: MXR0_CHAIN_ENCODERS=1 adds it here
+    res = train_and_score(phantom_1200, tmp_path, encoders=bool(os.environ.get("MXR0_CHAIN_ENCODERS")))
     al, vlm, rep = res["align"], res["vlm"], res["vlm"]["report"]
     print()
     print(chain_table(res.get("encoders"), al, vlm))
     print(res["seconds"])
     assert al["n_images"] >= 140 and rep["n"] >= 140 and vlm["vqa_n_closed"] >= 300 and vlm["grounding_n"] >= 150
     assert al["mean_r5"] >= 2.0 * al["chance_r5"], al  # measured 2.7-4.8x
+    assert al["zeroshot_mean_auroc"] >= 0.55, al  # measured 0.626-0.748 (chance 0.5)
     assert rep["ours"]["rules_f1_14_micro"] >= rep["constant"]["rules_f1_14_micro"] + 0.15, rep  # measured +0.19-0.26
     assert vlm["vqa_closed_accuracy"] >= vlm["vqa_prior_closed_accuracy"] + 0.12, vlm  # measured +0.19-0.33
     assert vlm["vqa_closed_accuracy_ranked"] >= vlm["vqa_prior_closed_accuracy"] + 0.25, vlm  # measured +0.34-0.36
