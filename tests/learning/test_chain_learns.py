@@ -28,8 +28,9 @@ centred box's 0.099 (the issue's "whatever the numbers show").
 Step counts: at stage 2's 300 steps grounding failed in 2 of 5 seeds (Acc@0.5 0.022, mIoU +0.026) and seed 2's
 report F1 margin was +0.12; at 300 stage-1 and 250 stage-2 steps (100 XR-0 / 300 classifier / 100 alignment) the
 reports collapsed to the constant report in 3 of 3 seeds. Hence 400 / 400 below.
-CI cost: one test, about 10-11 minutes on one core beside the other pytest worker (the stages run one after another);
-its timeout is a hang guard."""
+CI cost: one test, about 12 minutes on one core beside the other pytest worker (the stages run one after another;
+up to 15 min while the other worker runs the multi-process tests), the suite's critical path (tests/conftest.py
+collects it first); its timeout is a hang guard. A cheaper configuration needs its own 5-seed measurement."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def train_and_score(data: Path, out: Path, seed: int = 0, encoders: bool = True,
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # ~13 min on a quiet 2-core VM beside the other pytest worker; a hang guard, not a target
+@pytest.mark.timeout(2400)  # ~12-15 min on the 2-core VM beside the other pytest worker; a hang guard, not a target
 def test_tiny_chain_each_stage_beats_its_baseline(phantom_1200, tmp_path, one_thread):
     # the frozen-encoder comparison (printed, never asserted; the demo's table shows it) costs ~1.5 min on the
     # suite's critical path: MXR0_CHAIN_ENCODERS=1 adds it here
