@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,6 @@ LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0
                 "train.trackers=[jsonl]"]
 
 
-
-
 # Test files are handed to the pytest-xdist workers (`--dist loadfile`, scripts/test.sh) in the order set here, not
 # in xdist's own (its default `--loadscope-reorder` sorts files by their number of tests, which put the one-test
 # chain learning file, ~10.5 min of five stages one after another, 5 minutes into the run, and the suite took 19-20
@@ -123,9 +122,7 @@ def pytest_collection_modifyitems(config, items):
     def path(item):
         return item.nodeid.split("::")[0]
 
-    size: dict[str, int] = {}
-    for it in items:
-        size[path(it)] = size.get(path(it), 0) + 1
+    size = Counter(path(it) for it in items)
     first = [it for it in items if path(it) == LONG_FIRST]
     third = [it for it in items if path(it) == SHORT_THIRD]
     long_next = {p: i for i, p in enumerate(LONG_NEXT)}
