@@ -18,8 +18,9 @@ def recipe_path(name: str) -> Path:
 
 @contextlib.contextmanager
 def torch_threads(n: int | None):
-    """Run with ``n`` intra-op threads (restored afterwards). The demo's models are tiny: per-operation overhead
-    dominates, and a second thread slows a 2-core machine down (measured up to 3x when another process shares it)."""
+    """Run with ``n`` intra-op threads (restored afterwards). The models are tiny: a thread per core helps a quiet
+    machine (the demo: `mxr0.demo.main.DEMO_THREADS`), but a second thread slows a 2-core machine down when another
+    process shares it (measured up to 3x: the tests run one thread per pytest-xdist worker)."""
     old = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)

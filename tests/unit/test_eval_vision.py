@@ -56,6 +56,21 @@ def test_auroc_is_the_mann_whitney_statistic_with_ties_and_masks():
     assert np.isnan(auroc(np.ones(5), np.arange(5)))
 
 
+def test_auroc_equals_sklearn_and_refuses_non_finite_scores():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        n = int(rng.integers(3, 400))
+        y = rng.random(n) < rng.uniform(0.05, 0.95)
+        if y.all() or not y.any():
+            continue
+        s = np.round(rng.normal(size=n) + y, trial % 4).astype(np.float32)  # ties, float32 as probes give
+        assert auroc(y.astype(np.float32), s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    with pytest.raises(ValueError, match="non-finite"):
+        auroc(np.array([0, 1, 1.0]), np.array([0.1, np.nan, 0.3]))
+
+
 def test_bootstrap_intervals_match_a_direct_percentile_bootstrap():
     rng = np.random.default_rng(3)
     y = (rng.random((150, 4)) < 0.3).astype(np.float32)

@@ -9,8 +9,11 @@ bootstrap interval over test studies. The whole sweep trains at once as one batc
 as one probe and needs the features only once. Validation AUROC is recorded every ``eval_every``
 steps: the curve feeds `mxr0.eval.vision.convergence`.
 
-AUROC is ``sklearn.metrics.roc_auc_score`` (ties count one half), computed per label on the entries the
-label policy keeps (``label_mask``); a label needs both classes among them to be scored. Intervals:
+AUROC is the Mann-Whitney statistic over average ranks (ties count one half): the same number as
+``sklearn.metrics.roc_auc_score`` (tested to 1e-12), without its per-call input validation, which cost about
+4 ms per call and 20 s of a 37 s frozen-suite run (a bootstrap and a sweep score thousands of columns). It is
+computed per label on the entries the label policy keeps (``label_mask``); a label needs both classes among
+them to be scored. Intervals:
 `mxr0.eval.vision.bootstrap` (``scipy.stats.bootstrap``, percentile, seeded).
 """
 
@@ -21,17 +24,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from mxr0.eval.vision.bootstrap import study_bootstrap_ci
 
 
 def auroc(targets: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of binary ``targets`` (nan when one class is missing)."""
-    y = np.asarray(targets) > 0.5
-    if y.all() or not y.any():
+    y = np.asarray(targets).reshape(-1) > 0.5
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"targets and scores differ in length: {y.size} and {s.size}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"scores hold {int((~np.isfinite(s)).sum())} non-finite values (NaN or inf)")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(y, np.asarray(scores)))
+    ranks = rankdata(s)  # average ranks: a tie between a positive and a negative counts one half
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def auroc_columns(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
