@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from mxr0.eval.instruct import ranked_closed_accuracy, score_kind
+from mxr0.losses.answer import answer_forward, answer_token_count
 from mxr0.models.decoding import generate_batch
 
 
@@ -15,10 +16,9 @@ def answer_loss(model, loader, accelerator) -> float:
     """The next-token loss over the answer tokens of the whole evaluation set, every token weighted equally."""
     losses, tokens = [], []
     for batch in loader:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    pixel_values=batch["pixel_values"], labels=batch["labels"])
-        n = (batch["labels"][:, 1:] != -100).sum()
-        lt = accelerator.gather_for_metrics(torch.stack([out.loss.detach().float() * n, n.float()])[None])
+        n = answer_token_count(batch["labels"])
+        total = answer_forward(model, batch, num_items=1)  # the sum over this batch's answer tokens
+        lt = accelerator.gather_for_metrics(torch.stack([total.detach().float(), n.float()])[None])
         losses.append(lt[:, 0].sum())
         tokens.append(lt[:, 1].sum())
     return float(torch.stack(losses).sum() / torch.stack(tokens).sum().clamp_min(1))

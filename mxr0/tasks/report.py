@@ -35,7 +35,7 @@ from mxr0.data.transforms import ImageTransform
 from mxr0.distributed import shards_parameters
 from mxr0.eval.instruct import main_metric_of
 from mxr0.eval.vlm_monitor import answer_loss, generation_metrics
-from mxr0.losses.answer import answer_token_count, answer_token_loss
+from mxr0.losses.answer import answer_forward, answer_token_count
 from mxr0.models.report_vlm import build_report_vlm, check_report_config, report_vision_config
 from mxr0.models.vlm import cache_vision_features, image_token_count, restore_vision_tower, save_vlm_export
 from mxr0.tasks.base import CardInfo, Task
@@ -124,9 +124,7 @@ class ReportTask(Task):
     def training_step(self, model, batch, num_items=None):
         """Next-token loss over the answer tokens: summed and divided by ``num_items`` (from the loop, see
         `Task.count_items`), or their mean in this batch when None."""
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    pixel_values=batch["pixel_values"])
-        return {"loss": answer_token_loss(out.logits, batch["labels"], num_items)}
+        return {"loss": answer_forward(model, batch, num_items)}
 
     # --- evaluate ------------------------------------------------------------------------------
     def evaluate(self, model, loader, accelerator):

@@ -110,6 +110,46 @@ def test_export_loads_with_plain_transformers_and_the_processor_matches(lora_run
     assert theirs["pixel_values"].shape[-1] == 56
 
 
+def test_answer_logits_only_give_the_full_loss_and_gradients(lora_run, phantom_small):
+    """The training step's loss (`answer_forward`: logits from the first answer-predicting position on) equals the
+    loss over the full logits, with the same gradients, on the plain stage-1 model and through peft's LoRA wrapper."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from mxr0.data.records import read_records
+    from mxr0.data.report_dataset import ChatCollator, ReportDataset
+    from mxr0.generate import _config_from, load_vlm
+    from mxr0.losses.answer import answer_forward, answer_logit_start, answer_token_loss
+
+    root, s1, s2 = lora_run
+    _, tok, transform, settings = load_vlm(s1["export_dir"])
+    recs = [r for r in read_records(phantom_small, splits=["train"]) if r["anatomy"] == "chest"][:6]
+    ds = ReportDataset(recs, tok, transform, _config_from(settings), settings["n_image_tokens"], train=False)
+    batch = ChatCollator(tok.pad_token_id, "right")([ds[i] for i in range(len(ds))])
+    start = answer_logit_start(batch["labels"])
+    assert start > settings["n_image_tokens"]  # the image and the prompt never reach the LM head
+    assert (batch["labels"][:, : start + 1] == -100).all() and (batch["labels"][:, start + 1] != -100).any()
+    base = AutoModelForImageTextToText.from_pretrained(s1["export_dir"])
+    peft = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(s1["export_dir"]),
+                                     str(Path(s2["export_dir"]) / "adapter"), is_trainable=True)
+    for model in (base, peft):
+        model.eval()  # no dropout / drop path: both passes see the same network (gradients still flow)
+        params = [p for p in model.parameters() if p.requires_grad]
+        full = answer_token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       pixel_values=batch["pixel_values"]).logits, batch["labels"])
+        g_full = torch.autograd.grad(full, params, allow_unused=True)  # (DINOv2's mask token is unused)
+        part = answer_forward(model, batch)
+        g_part = torch.autograd.grad(part, params, allow_unused=True)
+        torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-6)
+        assert sum(g is not None for g in g_full) > len(params) // 2
+        for a, b in zip(g_part, g_full):
+            assert (a is None) == (b is None)
+            if a is not None:  # float rounding only (other matmul shapes sum in another order): relative to the norm
+                assert float((a - b).norm()) <= 1e-4 * float(b.norm()) + 1e-7
+    no_answer = {**batch, "labels": torch.full_like(batch["labels"], -100)}
+    assert answer_logit_start(no_answer["labels"]) == 0
+
+
 def test_merged_export_generates_the_same_tokens_as_the_adapter_model(lora_run, phantom_small):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
