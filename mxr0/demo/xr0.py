@@ -53,7 +53,7 @@ def summary_rows(res: dict) -> list[tuple[str, Any, Any]]:
 
 def run_ssl_demo(out_dir: str | Path, data_dir: str | Path, fast: bool = False, threads: int | None = 1) -> dict:
     """Pretrain the tiny XR-0 encoder on the phantom set in ``data_dir`` (drawn if missing, with the
-    main demo's arguments: 2000 studies at 128 px, 400 with ``fast``), evaluate it against random
+    tiny recipes' default: 2000 studies at 128 px, 400 with ``fast``), evaluate it against random
     initialisation, print a table; returns the headline numbers, margins and file paths."""
 
     out_dir = Path(out_dir)
