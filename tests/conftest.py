@@ -110,7 +110,7 @@ LEARN_COMMON = ["data.source=records", "train.eval_every=0", "train.save_every=0
 # The other long one-test files go to the other worker first (sorted last by test count, they ran alone at the end).
 LONG_FIRST, SHORT_THIRD = "tests/learning/test_chain_learns.py", "tests/unit/test_architecture.py"
 LONG_NEXT = ("tests/learning/test_ssl_learning.py", "tests/learning/test_classify_learns.py",
-             "tests/learning/test_ssl_demo.py", "tests/distributed/test_launch_matrix.py")
+             "tests/distributed/test_launch_matrix.py")
 
 
 def pytest_configure(config):

@@ -1,6 +1,6 @@
 """The ``mxr0`` command.
 
-    mxr0 demo                                   phantom data → tiny classifier → results table
+    mxr0 demo                                   phantom data → the tiny chain (XR-0 … VLM) → one table
     mxr0 prepare phantom --out data_cache/phantom --preview grid.png
     mxr0 prepare mimic-cxr --root /data/mimic-cxr-jpg/2.0.0 --out data_cache/mimic-cxr
                                                 (also iu-xray, chexpert, dicom-folder --table studies.csv)
