@@ -42,10 +42,9 @@ def _encoders(stages: dict[str, dict]) -> dict[str, str]:
 
 
 def score_towers(specs: dict[str, str], data: Path, out_dir: Path, fast: bool, align_export: str | None,
-                 chest: list[dict]) -> tuple[dict | None, dict | None, float]:
+                 chest: list[dict], threads: int) -> tuple[dict | None, dict | None, float]:
     """The frozen-encoder suite over ``specs`` and the alignment model's scores."""
     t0 = time.perf_counter()
-    threads = min(DEMO_THREADS, torch.get_num_threads())
     enc = encoder_scores(specs, data, out_dir, fast=fast, threads=threads) if specs else None
     al = alignment_scores(align_export, chest, out_dir, threads=threads) if align_export else None
     return enc, al, round(time.perf_counter() - t0, 1)
@@ -81,12 +80,13 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
     timings.update({k: v["seconds"] for k, v in trained.items()})
     print("[demo] scoring the frozen encoders and the alignment model")
     enc, al, timings["eval_towers"] = score_towers(_encoders(trained), records_path, out_dir / "eval", fast,
-                                                   trained.get("align", {}).get("export"), chest)
+                                                   trained.get("align", {}).get("export"), chest, threads)
     t0 = time.perf_counter()
     vlm = None
     if "vlm_stage2" in trained:
         print("[demo] scoring the stage-2 VLM: reports, VQA, grounding")
-        vlm = vlm_scores(trained["vlm_stage2"]["export"], chest, train_chest, out_dir / "eval" / "vlm", threads=threads)
+        vlm = vlm_scores(trained["vlm_stage2"]["export"], chest, train_chest, out_dir / "eval" / "vlm",
+                         threads=threads)
     timings["eval_vlm"] = round(time.perf_counter() - t0, 1)
     summary: dict = {"stages": trained, "encoders": enc, "alignment": al, "vlm": vlm}
 
@@ -97,8 +97,8 @@ def run_demo(out: str = "runs/demo", data: str = "data_cache/phantom", fast: boo
     print(table)
     print()
     print(f"(held out: {len(chest)} validation + test chest studies for alignment and the VLM, {len(test)} test "
-          "studies of every anatomy for kNN; probe and segmentation on the chest studies; findings read from the generated text by the "
-          "rule-based CheXpert labeler, CheXbert's F1 conventions"
+          "studies of every anatomy for kNN; probe and segmentation on the chest studies; findings read from the "
+          "generated text by the rule-based CheXpert labeler, CheXbert's F1 conventions"
           + ("; --fast: a smoke run, not a result)" if fast else ")"))
     if vlm and vlm["report"].get("example"):
         ex = vlm["report"]["example"]

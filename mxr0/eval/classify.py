@@ -13,6 +13,7 @@ import torch
 
 from mxr0.data.classify_dataset import StudyImageDataset
 from mxr0.data.transforms import ImageTransform
+from mxr0.eval.vision.probe import auroc_columns
 
 
 def evaluate_classifier(model_dir: str | Path, records: list[dict], batch_size: int = 64,
@@ -60,15 +61,8 @@ def markdown_table(metrics: dict, title: str = "") -> str:
 
 def auroc_table(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray, labels: list[str]) -> dict[str, float]:
     """Per-label AUROC (labels with both classes among valid entries) and their mean."""
-    from sklearn.metrics import roc_auc_score
-
-    out: dict[str, float] = {}
-    for j, name in enumerate(labels):
-        valid = mask[:, j] > 0
-        y = targets[valid, j]
-        if y.min(initial=1) == y.max(initial=0):
-            continue
-        out[f"auroc/{name}"] = float(roc_auc_score(y, scores[valid, j]))
+    out = {f"auroc/{name}": float(a) for name, a in zip(labels, auroc_columns(scores, targets, mask))
+           if np.isfinite(a)}
     if out:
         out["mean_auroc"] = float(np.mean(list(out.values())))
     return out

@@ -28,8 +28,8 @@ centred box's 0.099 (the issue's "whatever the numbers show").
 Step counts: at stage 2's 300 steps grounding failed in 2 of 5 seeds (Acc@0.5 0.022, mIoU +0.026) and seed 2's
 report F1 margin was +0.12; at 300 stage-1 and 250 stage-2 steps (100 XR-0 / 300 classifier / 100 alignment) the
 reports collapsed to the constant report in 3 of 3 seeds. Hence 400 / 400.
-CI cost: one test, about 12 minutes on one core beside the other pytest worker (the stages run one after another;
-up to 15 min while the other worker runs the multi-process tests), the suite's critical path (tests/conftest.py
+CI cost: one test, 12-15.5 minutes on one core beside the other pytest worker (the stages run one after another;
+930 s in `--durations` on a fresh clone on 6 December, beside the multi-process tests), the suite's critical path (tests/conftest.py
 collects it first); its timeout is a hang guard. A cheaper configuration needs its own 5-seed measurement."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from tests.conftest import LEARN_COMMON
 
 # The step counts, learning rates and warm-ups are the recipes' (recipes/tiny/chain/: the demo runs the same
 # configuration on its own 1,200 phantom studies); here only the XR-0 stage's kNN gallery is smaller.
-STEPS = {"xr0": ["model.eval_gallery_studies=200"]}
+OVERRIDES = {"xr0": ["model.eval_gallery_studies=200"]}
 
 
 def train_and_score(data: Path, out: Path, seed: int = 0, encoders: bool = True, xr0_export: str | None = None) -> dict:
@@ -56,7 +56,7 @@ def train_and_score(data: Path, out: Path, seed: int = 0, encoders: bool = True,
     ``xr0_export``: start from this XR-0 export instead of training stage 1 (for measuring the later stages)."""
     t0 = time.perf_counter()
     stages = run_chain(out / "chain", data, plan()[1:] if xr0_export else plan(), start_from=xr0_export,
-                       common=[*LEARN_COMMON, f"train.seed={seed}"], overrides=STEPS)
+                       common=[*LEARN_COMMON, f"train.seed={seed}"], overrides=OVERRIDES)
     t_train = time.perf_counter() - t0
     held_out = [r for r in read_records(data, splits=["validation", "test"]) if r["anatomy"] == "chest"]
     train_chest = [r for r in read_records(data, splits=["train"]) if r["anatomy"] == "chest"]
