@@ -67,6 +67,19 @@ def _add_phantom_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-fraction", type=float, default=0.0,
                    help="share of chest studies drawn as longitudinal pairs (prior image + report, comparison "
                         "statements); default 0 (none)")
+    p.add_argument("--anatomies", type=_anatomy_list, default=None,
+                   help="draw only these anatomies, comma-separated (e.g. chest), in their default proportions; "
+                        "default: all (60%% chest)")
+
+
+def _anatomy_list(text: str) -> list[str]:
+    from mxr0.data.phantom import PHANTOM_ANATOMIES  # lazy: keep mxr0 --help fast
+
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in names if a not in PHANTOM_ANATOMIES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: the phantom draws {', '.join(PHANTOM_ANATOMIES)}")
+    return names
 
 
 _REBUILD = "rebuild a cache made with other settings"
@@ -128,10 +141,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prepare_phantom(opts: argparse.Namespace) -> int:
-    from mxr0.data.phantom import generate_phantom, preview_grid  # lazy: keep mxr0 --help fast
+    from mxr0.data.phantom import DEFAULT_ANATOMY_MIX, generate_phantom, preview_grid  # lazy: keep mxr0 --help fast
 
     t0 = time.perf_counter()
-    path = generate_phantom(opts.out, n_studies=opts.n, image_size=opts.size, seed=opts.seed,
+    mix = None if opts.anatomies is None else {a: DEFAULT_ANATOMY_MIX[a] for a in opts.anatomies}
+    path = generate_phantom(opts.out, n_studies=opts.n, image_size=opts.size, seed=opts.seed, anatomy_mix=mix,
                             overwrite=opts.overwrite, progress=True, prior_fraction=opts.prior_fraction)
     print(f"[mxr0] phantom records: {path} ({time.perf_counter() - t0:.1f} s)")
     if opts.preview:

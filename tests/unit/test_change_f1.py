@@ -101,3 +101,31 @@ def test_phantom_pairs_report_what_was_drawn(monkeypatch):
             seen.add(st)
         assert said(rec["impression"]) == truth, (i, rec["impression"])
     assert seen == set(CHANGE_STATUSES)
+
+
+def test_change_metric_in_eval_reports_with_intervals_and_paired_test(tmp_path, capsys):
+    import json
+
+    from mxr0.eval.reports import evaluate_reports, parse_metrics
+    from mxr0.eval.reports.cli import main
+
+    assert "change" not in parse_metrics("all") and parse_metrics("change") == ["change"]
+    refs = {f"s{i}": t for i, t in enumerate(["New small left pleural effusion. Stable cardiomegaly.",
+                                                "Interval resolution of the right basal opacity.",
+                                                "Increased moderate right pleural effusion, previously small."] * 4)}
+    good = dict(refs)
+    bad = {k: "Stable cardiomegaly." for k in refs}
+    res = evaluate_reports(bad, refs, metrics="change", bootstrap=200, compare=good, trials=500)
+    direct = change_f1(list(bad.values()), list(refs.values()))
+    row = res["metrics"]["change_f1_micro"]
+    assert row["value"] == pytest.approx(direct["change_f1_micro"]) and row["ci_low"] <= row["value"] <= row["ci_high"]
+    assert res["metrics"]["change_f1_macro"]["value"] == pytest.approx(direct["change_f1_macro"])
+    assert res["per_label"]["change"] == direct["per_status"] and "change F1" in res["conventions"]["change"]
+    cmp = res["comparison"]["results"]["change_f1_micro"]
+    assert cmp["b"] == 1.0 and cmp["delta"] > 0 and cmp["p_value"] < 0.05
+    # the command line
+    for name, d in (("p.json", bad), ("r.json", refs)):
+        (tmp_path / name).write_text(json.dumps(d))
+    assert main(["--pred", str(tmp_path / "p.json"), "--ref", str(tmp_path / "r.json"), "--metrics", "change",
+                 "--bootstrap", "50"]) == 0
+    assert "change F1 micro (rule-based, per finding)" in capsys.readouterr().out

@@ -59,6 +59,19 @@ def test_pairs_are_opt_in_and_leave_other_studies_as_they_were(tmp_path):
         generate_phantom(tmp_path / "bad", n_studies=4, prior_fraction=1.5)
 
 
+def test_prepare_phantom_pairs_of_one_anatomy(tmp_path, capsys):
+    from mxr0.cli import main
+
+    out = tmp_path / "pairs"
+    assert main(["prepare", "phantom", "--out", str(out), "--n", "12", "--size", "32", "--seed", "4",
+                 "--prior-fraction", "1", "--anatomies", "chest"]) == 0
+    recs = read_records(out / "records.jsonl", resolve_paths=False)
+    assert len(recs) == 12 and all(r["anatomy"] == "chest" and r["prior_study_id"] for r in recs)
+    capsys.readouterr()
+    assert main(["prepare", "phantom", "--out", str(tmp_path / "x"), "--anatomies", "chest,skull"]) == 2
+    assert "'chest,skull': the phantom draws chest, hand, knee, pelvis" in capsys.readouterr().err
+
+
 def test_pair_records_images_and_reports(pairs):
     recs = read_records(pairs)
     validate_records(recs)
@@ -260,9 +273,7 @@ def test_study_with_prior_round_trips_through_training_and_generate(pairs, tmp_p
 # learning: a model trained with priors against one trained the same way without them
 # ---------------------------------------------------------------------------------------------
 PRIOR_STEPS = 800
-"""VLM steps per run (lr 2e-3): at 300 steps (lr 1e-3) both arms still wrote a handful of reports (7 distinct texts
-without priors) and the margin was absent; at 600 steps on 1,200 studies both arms over-fitted (train loss 0.36 /
-eval 1.12 with priors) and the margin was absent too."""
+"""VLM steps per run (`recipes/tiny/mxr0_report_prior.yaml`, which says what shorter runs measured)."""
 
 
 @pytest.mark.slow
@@ -275,7 +286,8 @@ def test_priors_help_the_change_statements(tmp_path):
     generated impressions on the 1,000 held-out pairs. Passes when the mean margin exceeds the spread over 5 seeds.
 
     5,000 chest pairs (4,000 for training: 800 steps of 32 are 6.4 epochs, so neither arm memorises its set), the
-    finding classifier's encoder (400 steps, frozen, features cached), the tiny report recipe's LM from scratch.
+    finding classifier's encoder (400 steps, frozen, features cached), the LM of `recipes/tiny/mxr0_report_prior.yaml`
+    from scratch (its commands reproduce one seed by hand).
 
     Measured 2026-12-06 (one thread per run, two runs side by side on the 2-core VM), change F1 micro per seed 0-4:
     with priors 0.227 0.215 0.159 0.201 0.182 (mean 0.197), without 0.101 0.122 0.088 0.099 0.123 (mean 0.107).
@@ -307,11 +319,9 @@ def test_priors_help_the_change_statements(tmp_path):
     scores: dict[str, list[float]] = {"prior": [], "none": []}
     for seed in range(5):
         for arm, views in (("prior", "[frontal, prior]"), ("none", "[frontal]")):
-            run = train(load_recipe(REPO / "recipes/tiny/mxr0_report.yaml", [
+            run = train(load_recipe(REPO / "recipes/tiny/mxr0_report_prior.yaml", [
                 *common, f"data.path={data.parent}", f"train.output_dir={tmp_path / f'{arm}-{seed}'}",
-                f"model.vision={enc}", "model.cache_features=true", "model.augment=false", f"train.max_steps={steps}",
-                "model.eval_generate=0", f"model.views={views}", "model.target_sections=[impression]",
-                "model.max_length=640", f"train.seed={seed}", "model.max_new_tokens=80", "train.lr=2e-3"]))
+                f"model.vision={enc}", f"train.max_steps={steps}", f"model.views={views}", f"train.seed={seed}"]))
             preds = generate_split(run["export_dir"], held, tmp_path / f"{arm}-{seed}.jsonl", batch_size=32,
                                    progress=False)
             texts = {json.loads(x)["study_id"]: json.loads(x)["report"] for x in preds.read_text().splitlines()}

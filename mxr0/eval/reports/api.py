@@ -21,15 +21,18 @@ from .io import MAX_REPORT_CHARS, pair_inputs
 from .nlg import METEOR_NOTE, NLG_CONVENTIONS, nlg_stats
 from .ptb import tokenize_corpus
 from .radgraph import RadGraph, RadGraphStats
+from .rules import CHANGE_CONVENTION, ChangeStats
 from .stats import bootstrap as run_bootstrap
 from .stats import paired_randomization, summarize
 from .weights import MissingWeightsError
 
 __all__ = ["evaluate_reports", "markdown_report", "METRIC_FAMILIES", "DEFAULT_METRICS", "parse_metrics"]
 
-METRIC_FAMILIES = ("bleu", "rouge_l", "rouge_l_f1", "cider_d", "chexbert", "radgraph")
-DEFAULT_METRICS = METRIC_FAMILIES
-_ALIASES = {"nlg": ("bleu", "rouge_l", "rouge_l_f1", "cider_d"), "all": METRIC_FAMILIES,
+METRIC_FAMILIES = ("bleu", "rouge_l", "rouge_l_f1", "cider_d", "chexbert", "radgraph", "change")
+DEFAULT_METRICS = METRIC_FAMILIES[:-1]
+"""``all``: the field's standard report metrics. ``change`` (rule-based per-finding change F1 of reports read
+against a prior study) is asked for by name: on reports without change statements it would show a row of zeros."""
+_ALIASES = {"nlg": ("bleu", "rouge_l", "rouge_l_f1", "cider_d"), "all": DEFAULT_METRICS,
             "rouge": ("rouge_l", "rouge_l_f1"), "cider": ("cider_d",), "rougel": ("rouge_l",),
             "chexbert_f1": ("chexbert",), "radgraph_f1": ("radgraph",)}
 
@@ -40,6 +43,7 @@ LABELS = {
     "chexbert_f1_5_micro": "CheXbert micro-F1-5", "chexbert_f1_5_macro": "CheXbert macro-F1-5",
     "radgraph_f1_rg_e": "RadGraph F1 RG_E (simple)", "radgraph_f1_rg_er": "RadGraph F1 RG_ER (partial)",
     "radgraph_f1_complete": "RadGraph F1 complete",
+    "change_f1_micro": "change F1 micro (rule-based, per finding)", "change_f1_macro": "change F1 macro (per status)",
 }
 
 
@@ -92,6 +96,8 @@ def _conventions(fams: list[str], uncertain: str, rouge_stemmer: bool, radgraph_
             "mean over pairs; a pair with an empty hypothesis or reference, or no entity on either side, scores 0; "
             "entity tokens compared lower-cased (upstream fix after 0.1.18)"
             + (f"; model type {radgraph_model.model_type}" if radgraph_model is not None else ""))
+    if "change" in fams:
+        conv["change"] = CHANGE_CONVENTION
     conv["meteor"] = METEOR_NOTE
     return conv
 
@@ -214,6 +220,10 @@ def evaluate_reports(predictions, references, *, metrics: str | Sequence[str] | 
         per_label = _chexbert_stats(chexbert, systems, refs, stats, uncertain, batch_size, timing, say, precision)
     if "radgraph" in active:
         _radgraph_stats(radgraph, systems, refs, stats, batch_size, timing, say, precision)
+    if "change" in active:
+        for k, h in systems.items():
+            stats[k]["change"] = ChangeStats(h, refs)
+        per_label["change"] = stats["a"]["change"].per_status()
 
     values_a = {k: v for s in stats["a"].values() for k, v in s.value().items()}
     samples = None

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out-md", help="write the Markdown table here (it is printed either way)")
     parser.add_argument("--metrics", default="all",
                         help="comma-separated: bleu, rouge_l (pycocoevalcap), rouge_l_f1 (rouge_score), cider_d, "
-                             "chexbert, radgraph; groups: nlg, all (default: all)")
+                             "chexbert, radgraph, change (per-finding change F1 against the prior study: new / "
+                             "unchanged / resolved / worse / better; not in all); groups: nlg, all (default: all)")
     parser.add_argument("--bootstrap", type=int, default=500, metavar="N",
                         help="bootstrap resamples of the studies for median and 95%% CI (0 = none; default 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the paired test (default 0)")

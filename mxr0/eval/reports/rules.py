@@ -76,6 +76,7 @@ import numpy as np
 from mxr0.data.records import CHEXPERT_LABELS
 
 from .chexbert import TOP5, CheXbertStats
+from .stats import AdditiveStats
 
 __all__ = ["label_report", "label_reports", "finding_f1", "majority_baseline_f1", "labels_to_matrix", "change_report",
            "change_f1", "CHANGE_STATUSES", "CHANGE_LABELS",
@@ -430,6 +431,57 @@ def change_report(text: str | None, hierarchy: bool = True) -> dict[str, str | N
     return out
 
 
+class ChangeStats(AdditiveStats):
+    """Per-study TP / FP / FN of each change status (columns tp[5], fp[5], fn[5], `CHANGE_STATUSES` order):
+    `change_f1` on a corpus and, through `mxr0.eval.reports.evaluate_reports` (``metrics="change"``), with
+    bootstrap intervals and the paired test. ``preds`` / ``refs``: report texts (read by :func:`change_report`)
+    or dicts observation -> status."""
+
+    names = ("change_f1_micro", "change_f1_macro")
+
+    def __init__(self, preds: Sequence[str | Mapping | None], refs: Sequence[str | Mapping | None],
+                 labels: Sequence[str] = CHANGE_LABELS):
+        if len(preds) != len(refs):
+            raise ValueError(f"preds and refs must have the same length, got {len(preds)} and {len(refs)}")
+        k, col = len(CHANGE_STATUSES), {st: i for i, st in enumerate(CHANGE_STATUSES)}
+        x = np.zeros((len(refs), 3 * k))
+        for row, (p, t) in enumerate(zip(preds, refs)):
+            p = p if isinstance(p, Mapping) else change_report(p)
+            t = t if isinstance(t, Mapping) else change_report(t)
+            for name in labels:
+                ps, ts = p.get(name), t.get(name)
+                for bad, field in ((ps, "pred"), (ts, "ref")):
+                    if bad is not None and bad not in col:
+                        raise ValueError(f"{field} status {bad!r} of {name} (study {row}) is not one of "
+                                         f"{list(CHANGE_STATUSES)}")
+                if ps is not None and ps == ts:
+                    x[row, col[ps]] += 1
+                    continue
+                if ps is not None:
+                    x[row, k + col[ps]] += 1
+                if ts is not None:
+                    x[row, 2 * k + col[ts]] += 1
+        self.labels = list(labels)
+        super().__init__(x)
+
+    def finalize(self, sums, counts):
+        k = len(CHANGE_STATUSES)
+        tp, fp, fn = sums[:, :k], sums[:, k:2 * k], sums[:, 2 * k:]
+        f1 = CheXbertStats._f1(tp, fp, fn)
+        present = (tp + fn) > 0  # macro: the statuses the (resampled) references give
+        macro = np.where(present.any(1), (f1 * present).sum(1) / np.maximum(present.sum(1), 1), 0.0)
+        return np.stack([CheXbertStats._f1(tp.sum(1), fp.sum(1), fn.sum(1)), macro], axis=1)
+
+    def per_status(self) -> dict[str, dict[str, float]]:
+        k = len(CHANGE_STATUSES)
+        s = self.x.sum(0)
+        tp, fp, fn = s[:k], s[k:2 * k], s[2 * k:]
+        f1 = CheXbertStats._f1(tp, fp, fn)
+        return {st: {"f1": float(f1[i]), "precision": float(tp[i] / (tp[i] + fp[i])) if tp[i] + fp[i] else 0.0,
+                     "recall": float(tp[i] / (tp[i] + fn[i])) if tp[i] + fn[i] else 0.0,
+                     "support": int(tp[i] + fn[i])} for i, st in enumerate(CHANGE_STATUSES)}
+
+
 def change_f1(preds: Sequence[str | Mapping | None], refs: Sequence[str | Mapping | None],
               labels: Sequence[str] = CHANGE_LABELS) -> dict:
     """Per-finding change F1 of predicted reports against references (``CHANGE_CONVENTION``).
@@ -437,33 +489,7 @@ def change_f1(preds: Sequence[str | Mapping | None], refs: Sequence[str | Mappin
     ``preds`` / ``refs``: report texts (read by :func:`change_report`) or dicts observation -> status.
     Returns ``change_f1_micro``, ``change_f1_macro``, ``per_status`` (f1, precision, recall, support),
     ``n_statements`` (reference statements), ``n``, ``labels`` and ``convention``."""
-    if len(preds) != len(refs):
-        raise ValueError(f"preds and refs must have the same length, got {len(preds)} and {len(refs)}")
-
-    def read(x):
-        return x if isinstance(x, Mapping) else change_report(x)
-
-    tp, fp, fn = (dict.fromkeys(CHANGE_STATUSES, 0) for _ in range(3))
-    for p, t in zip(preds, refs):
-        p, t = read(p), read(t)
-        for name in labels:
-            ps, ts = p.get(name), t.get(name)
-            for bad, field in ((ps, "pred"), (ts, "ref")):
-                if bad is not None and bad not in CHANGE_STATUSES:
-                    raise ValueError(f"{field} status {bad!r} of {name} is not one of {list(CHANGE_STATUSES)}")
-            if ps is not None and ps == ts:
-                tp[ps] += 1
-                continue
-            if ps is not None:
-                fp[ps] += 1
-            if ts is not None:
-                fn[ts] += 1
-    f1 = {s: float(CheXbertStats._f1(tp[s], fp[s], fn[s])) for s in CHANGE_STATUSES}
-    per = {s: {"f1": f1[s], "precision": tp[s] / (tp[s] + fp[s]) if tp[s] + fp[s] else 0.0,
-               "recall": tp[s] / (tp[s] + fn[s]) if tp[s] + fn[s] else 0.0, "support": tp[s] + fn[s]}
-           for s in CHANGE_STATUSES}
-    present = [s for s in CHANGE_STATUSES if per[s]["support"] > 0]
-    return {"change_f1_micro": float(CheXbertStats._f1(sum(tp.values()), sum(fp.values()), sum(fn.values()))),
-            "change_f1_macro": float(np.mean([f1[s] for s in present])) if present else 0.0,
-            "per_status": per, "n_statements": sum(per[s]["support"] for s in CHANGE_STATUSES), "n": len(refs),
-            "labels": list(labels), "convention": CHANGE_CONVENTION}
+    st = ChangeStats(preds, refs, labels)
+    per = st.per_status()
+    return {**st.value(), "per_status": per, "n_statements": sum(v["support"] for v in per.values()),
+            "n": len(refs), "labels": list(labels), "convention": CHANGE_CONVENTION}
