@@ -110,15 +110,20 @@ class CheXbertStats(AdditiveStats):
         micro5 = self._f1(tp[:, idx].sum(1), fp[:, idx].sum(1), fn[:, idx].sum(1))
         return np.stack([micro14, f1.mean(1), micro5, f1[:, idx].mean(1)], axis=1)
 
-    def per_label(self) -> dict[str, dict[str, float]]:
-        k = len(CONDITIONS)
-        s = self.x.sum(0)
-        tp, fp, fn = s[:k], s[k:2 * k], s[2 * k:]
-        f1 = self._f1(tp, fp, fn)
+    @classmethod
+    def f1_table(cls, tp, fp, fn, names) -> dict[str, dict[str, float]]:
+        """F1, precision, recall (0 without predictions / support) and support per name from count arrays."""
+        tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+        f1 = cls._f1(tp, fp, fn)
         prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
         rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
         return {c: {"f1": float(f1[i]), "precision": float(prec[i]), "recall": float(rec[i]),
-                    "support": int(tp[i] + fn[i])} for i, c in enumerate(CONDITIONS)}
+                    "support": int(tp[i] + fn[i])} for i, c in enumerate(names)}
+
+    def per_label(self) -> dict[str, dict[str, float]]:
+        k = len(CONDITIONS)
+        s = self.x.sum(0)
+        return self.f1_table(s[:k], s[k:2 * k], s[2 * k:], CONDITIONS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -301,8 +301,6 @@ def _f1_from_matrices(yp: np.ndarray, yt: np.ndarray, labels: Sequence[str], unc
     fp = (yp & ~yt).sum(0).astype(float)
     fn = (~yp & yt).sum(0).astype(float)
     f1 = CheXbertStats._f1(tp, fp, fn)
-    prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-    rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
     labels = list(labels)
     out: dict = {}
     out[f"{prefix}_14_micro"] = float(CheXbertStats._f1(tp.sum(), fp.sum(), fn.sum())) if labels else 0.0
@@ -311,8 +309,7 @@ def _f1_from_matrices(yp: np.ndarray, yt: np.ndarray, labels: Sequence[str], unc
     if idx:
         out[f"{prefix}_5_micro"] = float(CheXbertStats._f1(tp[idx].sum(), fp[idx].sum(), fn[idx].sum()))
         out[f"{prefix}_5_macro"] = float(f1[idx].mean())
-    out["per_label"] = {c: {"f1": float(f1[i]), "precision": float(prec[i]), "recall": float(rec[i]),
-                            "support": int(tp[i] + fn[i])} for i, c in enumerate(labels)}
+    out["per_label"] = CheXbertStats.f1_table(tp, fp, fn, labels)
     out["n"] = int(yp.shape[0])
     out["uncertain"] = uncertain
     out["labels"] = labels
@@ -461,7 +458,6 @@ class ChangeStats(AdditiveStats):
                     x[row, k + col[ps]] += 1
                 if ts is not None:
                     x[row, 2 * k + col[ts]] += 1
-        self.labels = list(labels)
         super().__init__(x)
 
     def finalize(self, sums, counts):
@@ -475,11 +471,7 @@ class ChangeStats(AdditiveStats):
     def per_status(self) -> dict[str, dict[str, float]]:
         k = len(CHANGE_STATUSES)
         s = self.x.sum(0)
-        tp, fp, fn = s[:k], s[k:2 * k], s[2 * k:]
-        f1 = CheXbertStats._f1(tp, fp, fn)
-        return {st: {"f1": float(f1[i]), "precision": float(tp[i] / (tp[i] + fp[i])) if tp[i] + fp[i] else 0.0,
-                     "recall": float(tp[i] / (tp[i] + fn[i])) if tp[i] + fn[i] else 0.0,
-                     "support": int(tp[i] + fn[i])} for i, st in enumerate(CHANGE_STATUSES)}
+        return CheXbertStats.f1_table(s[:k], s[k:2 * k], s[2 * k:], CHANGE_STATUSES)
 
 
 def change_f1(preds: Sequence[str | Mapping | None], refs: Sequence[str | Mapping | None],
