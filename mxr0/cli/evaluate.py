@@ -11,7 +11,7 @@ from pathlib import Path
 #: ``mxr0 eval WHAT`` → what it evaluates.
 SUITES = {
     "classify": "per-label AUROC of an exported classifier on canonical records",
-    "reports": "CheXbert F1, RadGraph F1, BLEU/ROUGE-L/CIDEr-D with bootstrap CIs",
+    "reports": "CheXbert F1, RadGraph F1, BLEU/ROUGE-L/CIDEr-D, change F1 against a prior, with bootstrap CIs",
     "vision": "frozen-encoder suite: linear probe, kNN, segmentation, fairness",
     "align": "dual encoder: retrieval R@K, zero-shot AUROC, phrase-grounding mIoU/CNR",
 }
